@@ -1,0 +1,98 @@
+"""Stop LoRA adapters leaking onto base-model requests batched with them (vLLM CPU path).
+
+vLLM tags each token of a request without an adapter with LoRA index -1. The GPU kernels skip
+those rows. The pure-torch punica ops used on CPU (`vllm/lora/ops/torch_ops/lora_ops.py`,
+called by `PunicaWrapperCPU`) gather `lora_weights[lora_indices]`, and in torch index -1 means
+*the last adapter slot*. So a base-model request that shares a batch with adapter requests gets
+whatever adapter sits in slot `max_loras - 1`: one tenant's adapter applied to another's request.
+
+Fix: wrap the three bgmv ops so that rows with index -1 leave the output exactly as they found
+it, which is what the GPU kernels do. The sgmv ops need no wrapping: they expand their indices
+per token and then call the bgmv ops through their module's globals, which we replace.
+
+vLLM runs this entry point (group `vllm.general_plugins`) in every one of its processes (API
+server, engine core, workers) before the model is built. Set RAGTUNE_ENGINE_DISABLE_LORA_FIX=1
+to leave vLLM unpatched (used to demonstrate the bug).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import torch
+
+# A child of vLLM's "vllm" logger, so the line comes out with vLLM's handler and format.
+logger = logging.getLogger("vllm.ragtune_engine")
+
+DISABLE_ENV = "RAGTUNE_ENGINE_DISABLE_LORA_FIX"
+CPU_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+# Extra positional arguments of each op after (inputs, weights, output, indices), for the probe.
+_OPS = {
+    "bgmv_shrink": (1.0,),  # scaling
+    "bgmv_expand": (True,),  # add_inputs
+    "bgmv_expand_slice": (0, 2, True),  # slice_offset, slice_size, add_inputs
+}
+
+
+def _leaks(op, extra: tuple) -> bool:
+    """Run the op on one token tagged -1 against two all-ones slots; any output is a leak.
+
+    Probing instead of checking the vLLM version makes the fix retire by itself (and makes
+    `register` idempotent: a wrapped op no longer leaks) once vLLM handles -1.
+    """
+    out = torch.zeros(1, 2)
+    op(torch.ones(1, 2), torch.ones(2, 1, 2, 2), out, torch.tensor([-1]), *extra)
+    return bool(out.any())
+
+
+def _keep_base_rows(op):
+    @functools.wraps(op)
+    def masked(inputs, lora_weights, output_tensor, lora_indices_tensor, *args, **kwargs):
+        base = (lora_indices_tensor < 0).unsqueeze(-1)
+        before = output_tensor.clone()
+        op(inputs, lora_weights, output_tensor, lora_indices_tensor, *args, **kwargs)
+        # Put the base rows back as they were. Branch-free (no host sync, no per-token loop),
+        # and exact for every mode: shrink overwrites, expand adds or overwrites.
+        output_tensor.copy_(torch.where(base, before, output_tensor))
+
+    return masked
+
+
+def register() -> None:
+    if os.environ.get(DISABLE_ENV) == "1":
+        logger.warning("ragtune: LoRA batch isolation fix DISABLED by %s=1", DISABLE_ENV)
+        return
+    from vllm.platforms import current_platform
+
+    if current_platform.get_punica_wrapper() != CPU_WRAPPER:
+        return  # GPU/XPU wrappers use kernels that already skip index -1: nothing to fix.
+
+    # Import errors here propagate on purpose: vLLM then refuses to start rather than serve
+    # tenants with a leak we could not patch.
+    import vllm.lora.punica_wrapper.punica_cpu  # noqa: F401  (binds the ops by name: load it now)
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    patched = []
+    for name, extra in _OPS.items():
+        original = getattr(lora_ops, name)
+        if not _leaks(original, extra):
+            continue
+        wrapped = _keep_base_rows(original)
+        # `from ... import bgmv_shrink` copies the reference into each importer (the torch_ops
+        # package, punica_cpu, ...): rebind it everywhere vLLM holds it. Modules imported later
+        # take the wrapped op from lora_ops / torch_ops.
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("vllm") and (
+                getattr(module, name, None) is original
+            ):
+                setattr(module, name, wrapped)
+        patched.append(name)
+    if patched:
+        logger.info(
+            "ragtune: LoRA batch isolation fix active in pid %d (masked index -1 in %s)",
+            os.getpid(),
+            ", ".join(patched),
+        )

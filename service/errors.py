@@ -1,0 +1,169 @@
+"""Business errors carry their HTTP status; one set of handlers renders API.md's error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+import orjson
+from starlette.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ragtune.errors")
+
+
+class ORJSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
+
+
+class APIError(Exception):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.param = param
+        self.status = status or self.status
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+class InvalidRequest(APIError):
+    pass
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class Conflict(APIError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class EngineUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kw) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, **kw)
+
+
+class UpstreamError(APIError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_STATUS_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    422: ("invalid_request_error", "unprocessable_entity"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def status_error_body(status: int, message: str) -> dict:
+    type_, code = _STATUS_TYPES.get(status, ("server_error", "internal_error"))
+    return error_body(message, type_, code)
+
+
+def _loc_to_param(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> ORJSONResponse:
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        # OpenAI (and vLLM) answer malformed requests with 400, not FastAPI's default 422.
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            code, message = "invalid_json", "the request body is not valid JSON"
+        else:
+            code = "missing_field" if first.get("type") == "missing" else "invalid_value"
+            message = f"{param}: {msg}" if param else msg
+        return ORJSONResponse(error_body(message, "invalid_request_error", code, param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        if isinstance(exc.__cause__, APIError):
+            # FastAPI wraps errors raised while reading the body (our size limit) in a 400.
+            return await _api_error(request, exc.__cause__)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return ORJSONResponse(
+            status_error_body(exc.status_code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unhandled error")
+        rid = request.headers.get("x-request-id") or request.scope.get("state", {}).get(
+            "request_id", ""
+        )
+        return ORJSONResponse(
+            error_body(f"internal error (request {rid})", "server_error", "internal_error"), 500
+        )

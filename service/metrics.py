@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per app. Labels stay bounded: path, route template, status
+class, token kind; never tenant ids or raw URLs."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "ragtune_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "ragtune_http_request_duration_seconds",
+            "HTTP request latency (to the end of the body)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chat_requests = Counter(
+            "ragtune_chat_requests", "Chat requests by path", ["path", "status"], registry=r
+        )
+        self.chat_latency = Histogram(
+            "ragtune_chat_duration_seconds",
+            "Chat latency by path, engine included",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ragtune_chat_time_to_first_token_seconds",
+            "Time to the first streamed chunk",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ragtune_chat_tokens", "Tokens by path and kind", ["path", "kind"], registry=r
+        )
+        self.engine_replicas_healthy = Gauge(
+            "ragtune_engine_replicas_healthy", "Healthy vLLM replicas", registry=r
+        )
+        self.engine_restarts = Counter(
+            "ragtune_engine_restarts", "Restarts of the supervised vLLM child", registry=r
+        )
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, f"{status // 100}xx").inc()
+        self.http_latency.labels(route).observe(seconds)
+
+    def observe_chat(self, path: str, status: str, seconds: float) -> None:
+        self.chat_requests.labels(path, status).inc()
+        self.chat_latency.labels(path).observe(seconds)
+
+    def observe_ttft(self, path: str, seconds: float) -> None:
+        self.ttft.labels(path).observe(seconds)
+
+    def count_tokens(self, path: str, prompt: int, completion: int) -> None:
+        self.tokens.labels(path, "prompt").inc(prompt)
+        self.tokens.labels(path, "completion").inc(completion)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.errors import ORJSONResponse
+from service.state import AppState
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: AppState) -> ORJSONResponse:
+    checks: dict[str, str] = {}
+    checks["llm"] = "ok" if state.pool.healthy_count else "down"
+    try:
+        await asyncio.to_thread(state.registry.ping)
+        checks["registry"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["registry"] = f"down: {type(exc).__name__}"
+    down = sorted(k for k, v in checks.items() if v != "ok")
+    if down:
+        body = {
+            "status": "not ready",
+            "checks": checks,
+            "error": {
+                "message": f"not ready: {', '.join(down)} down",
+                "type": "server_error",
+                "param": None,
+                "code": "not_ready",
+            },
+        }
+        return ORJSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return ORJSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics")
+async def metrics(state: AppState) -> Response:
+    state.metrics.engine_replicas_healthy.set(state.pool.healthy_count)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from service.policy import Policy
+from service.state import Admin, AppState
+
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+
+
+class TenantCreate(BaseModel):
+    id: str = Field(max_length=64)
+    policy: Policy = Field(default_factory=Policy)
+
+
+class TenantPatch(BaseModel):
+    policy: dict = Field(description="Policy fields to change; the rest stay as they are.")
+
+
+class KeyRotate(BaseModel):
+    revoke_existing: bool = True
+
+
+@router.post("", status_code=201)
+async def create_tenant(body: TenantCreate, state: AppState, _: Admin) -> dict:
+    tenant, key = await asyncio.to_thread(state.tenants.create, body.id, body.policy)
+    return {**tenant.as_dict(), "api_key": key}
+
+
+@router.get("/{tenant_id}")
+async def get_tenant(tenant_id: str, state: AppState, _: Admin) -> dict:
+    return (await asyncio.to_thread(state.tenants.get, tenant_id)).as_dict()
+
+
+@router.patch("/{tenant_id}")
+async def patch_tenant(tenant_id: str, body: TenantPatch, state: AppState, _: Admin) -> dict:
+    tenant = await asyncio.to_thread(state.tenants.update_policy, tenant_id, body.policy)
+    return tenant.as_dict()
+
+
+@router.post("/{tenant_id}/keys", status_code=201)
+async def rotate_key(
+    tenant_id: str, state: AppState, _: Admin, body: KeyRotate | None = None
+) -> dict:
+    revoke = body.revoke_existing if body else True
+    key = await asyncio.to_thread(state.tenants.rotate_key, tenant_id, revoke)
+    return {"id": tenant_id, "api_key": key}
+
+
+@router.delete("/{tenant_id}", status_code=204)
+async def delete_tenant(tenant_id: str, state: AppState, _: Admin) -> Response:
+    await asyncio.to_thread(state.tenants.delete, tenant_id)
+    return Response(status_code=204)

@@ -1,0 +1,86 @@
+"""All configuration: one pydantic-settings class, prefix RAGTUNE_, nested groups with `__`.
+
+Built by `load_settings()` (or `Settings(...)` in tests), never at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BASE_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _default_engine_python() -> Path:
+    # `make install` puts the engine's environment beside ragtune's own (.venv and .venv-engine).
+    return Path(sys.prefix).parent / ".venv-engine" / "bin" / "python"
+
+
+class EngineSettings(BaseModel):
+    """The LLM engine: vLLM replicas reached over HTTP, or one child process started by serve."""
+
+    urls: list[str] = Field(
+        default_factory=list,
+        description="External vLLM base URLs (replicas). Empty: `ragtune serve` starts one itself.",
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key of external vLLM replicas.")
+    python: Path = Field(default_factory=_default_engine_python)
+    port: int = 8100
+    kind: Literal["cpu", "gpu"] = "cpu"
+    max_loras: int = 4
+    max_lora_rank: int = 64
+    max_model_len: int = 2048
+    kv_cache_gib: int = Field(1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = 300.0
+    restart_backoff_max_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 300.0
+    health_interval_s: float = 2.0
+
+
+class LimitSettings(BaseModel):
+    max_request_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_message_chars: int = 32_000
+    max_tokens: int = 1024
+    default_max_tokens: int = 256
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_key: SecretStr | None = Field(
+        None, description="Admin bearer key. Unset: one is generated into <data_dir>/admin_key."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the registry. Unset: SQLite in the data dir."
+    )
+    base_model_name: str = BASE_MODEL_NAME
+    model_dir: Path | None = Field(None, description="Prepared base model folder.")
+    log_level: str = "INFO"
+    log_json: bool = True
+    cors_origins: list[str] = Field(default_factory=list)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models" / "base"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,130 @@
+"""Tenants and their API keys. Keys are shown once and stored as SHA-256 digests.
+
+A key is `rt-<key id>-<secret>`: the id finds the row, the digest of the whole key is compared in
+constant time. Keys are 256-bit random, so a fast hash is the right tool (a slow password hash
+would add milliseconds to every request and protect nothing more).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.policy import Policy
+from service.registry.db import Registry
+from service.registry.models import ApiKey, Tenant, utcnow
+
+TENANT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+KEY_FORMAT = re.compile(r"^rt-([0-9a-f]{16})-([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True)
+class TenantView:
+    id: str
+    policy: Policy
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "policy": self.policy.model_dump()}
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    key_id = secrets.token_hex(8)
+    return key_id, f"rt-{key_id}-{secrets.token_urlsafe(32)}"
+
+
+def validate_tenant_id(tenant_id: str) -> str:
+    if not TENANT_ID.match(tenant_id):
+        raise InvalidRequest(
+            "tenant id must be 1-64 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+            code="invalid_tenant_id",
+            param="id",
+        )
+    return tenant_id
+
+
+class TenantService:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def create(self, tenant_id: str, policy: Policy) -> tuple[TenantView, str]:
+        validate_tenant_id(tenant_id)
+        key_id, key = new_key()
+        with self.registry.session() as s:
+            if s.get(Tenant, tenant_id) is not None:
+                raise Conflict(f"tenant '{tenant_id}' already exists", code="tenant_exists")
+            s.add(Tenant(id=tenant_id, policy=policy.model_dump()))
+            s.flush()
+            s.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=digest(key)))
+        return TenantView(tenant_id, policy), key
+
+    def get(self, tenant_id: str) -> TenantView:
+        with self.registry.session() as s:
+            row = s.get(Tenant, tenant_id)
+            if row is None:
+                raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
+            return TenantView(row.id, Policy.model_validate(row.policy))
+
+    def update_policy(self, tenant_id: str, changes: dict) -> TenantView:
+        with self.registry.session() as s:
+            row = s.get(Tenant, tenant_id)
+            if row is None:
+                raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
+            try:
+                policy = Policy.model_validate({**row.policy, **changes})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                param = "policy." + ".".join(str(p) for p in err["loc"])
+                raise InvalidRequest(
+                    f"{param}: {err['msg']}", code="invalid_policy", param=param
+                ) from exc
+            row.policy = policy.model_dump()
+            return TenantView(row.id, policy)
+
+    def rotate_key(self, tenant_id: str, revoke_existing: bool = True) -> str:
+        key_id, key = new_key()
+        with self.registry.session() as s:
+            if s.get(Tenant, tenant_id) is None:
+                raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
+            if revoke_existing:
+                s.execute(
+                    update(ApiKey)
+                    .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                )
+            s.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=digest(key)))
+        return key
+
+    def delete(self, tenant_id: str) -> None:
+        with self.registry.session() as s:
+            row = s.get(Tenant, tenant_id)
+            if row is None:
+                raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
+            s.delete(row)
+
+    def authenticate(self, key: str) -> TenantView | None:
+        """The tenant a key acts as, or None for a malformed, unknown or revoked key."""
+        m = KEY_FORMAT.match(key)
+        if not m:
+            return None
+        with self.registry.session() as s:
+            row = s.execute(
+                select(ApiKey.key_hash, ApiKey.revoked_at, Tenant.id, Tenant.policy)
+                .join(Tenant, Tenant.id == ApiKey.tenant_id)
+                .where(ApiKey.id == m.group(1))
+            ).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.key_hash, digest(key)):
+            return None
+        return TenantView(row.id, Policy.model_validate(row.policy))
