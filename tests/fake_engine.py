@@ -1,0 +1,100 @@
+"""A fake OpenAI-compatible engine for router unit tests (never the only test of a path).
+
+It answers deterministically from the request so tests can see what ragtune sent: the reply
+is `echo: <system prompt> | <last user message>`. Magic words in the last user message choose
+failures: TOO_LONG -> vLLM's context-length 400, BREAK -> a stream cut after two chunks,
+CRASH -> a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+from aiohttp import web
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.healthy = True
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> FakeEngine:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.healthy else 503)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        messages = body["messages"]
+        last = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        if "TOO_LONG" in last:
+            return web.json_response(
+                {"error": {"message": "This model's maximum context length is 2048 tokens. "
+                           "However, you requested 5000 tokens", "type": "BadRequestError",
+                           "code": 400}}, status=400)
+        if "CRASH" in last:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        text = f"echo: {system} | {last}"
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({
+                **base, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            })
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
+        for i, piece in enumerate(pieces):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            chunk = {**base, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if "BREAK" in last and i == 1:
+                request.transport.close()  # the engine dies mid-answer
+                return resp
+        final = {**base, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            u = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,139 @@
+"""The prompt path through the router, against the fake engine (the real vLLM runs in
+tests/integration)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import assert_error, new_tenant
+
+
+def chat(client, headers, content="hello", **extra):
+    body = {"messages": [{"role": "user", "content": content}], **extra}
+    return client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def sse_events(resp) -> list:
+    out = []
+    for line in resp.text.split("\n"):
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def test_plain_chat_reports_route_and_citations(client, tenant):
+    _, headers = tenant
+    r = chat(client, headers, "what is 2+2?", max_tokens=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["x-route"] == "prompt"
+    assert body["route"]["path"] == "prompt"
+    assert body["route"]["reason"]
+    assert body["route"]["adapter"] is None
+    assert body["citations"] == []
+    assert body["choices"][0]["message"]["content"].endswith("what is 2+2?")
+    assert body["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert r.headers["x-request-id"]
+
+
+def test_tenant_system_prompt_is_applied(client):
+    _, headers = new_tenant(client, {"system_prompt": "Answer as a pirate."})
+    r = chat(client, headers, "hi")
+    assert "Answer as a pirate." in r.json()["choices"][0]["message"]["content"]
+    # A system message of the caller's own is kept after the tenant's.
+    r = client.post(
+        "/v1/chat/completions",
+        headers=headers,
+        json={"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "hi"}]},
+    )
+    assert "Answer as a pirate.\n\nBe brief." in r.json()["choices"][0]["message"]["content"]
+
+
+def test_sampling_fields_forwarded_and_max_tokens_defaulted(client, tenant, fake_engine):
+    _, headers = tenant
+    chat(client, headers, "x", temperature=0.3, seed=7, stop=["\n"], route="prompt")
+    sent = fake_engine.requests[-1]
+    assert sent["temperature"] == 0.3 and sent["seed"] == 7 and sent["stop"] == ["\n"]
+    assert sent["max_tokens"] == 256
+    assert "route" not in sent  # ragtune's own field never reaches the engine
+
+
+def test_stream_first_chunk_carries_route_and_ends_with_done(client, tenant):
+    _, headers = tenant
+    r = chat(client, headers, "stream me", stream=True)
+    assert r.status_code == 200
+    assert r.headers["x-route"] == "prompt"
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    first = events[0]
+    assert first["object"] == "chat.completion.chunk"
+    assert first["route"]["path"] == "prompt" and first["citations"] == []
+    assert all("route" not in e for e in events[1:-1])
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+    assert text.endswith("stream me")
+    # usage only when the client asked for it
+    assert not any(e.get("usage") and not e["choices"] for e in events[:-1])
+    r = chat(client, headers, "again", stream=True, stream_options={"include_usage": True})
+    assert any(e != "[DONE]" and e.get("usage") for e in sse_events(r))
+
+
+def test_stream_cut_mid_way_ends_with_error_event(client, tenant):
+    _, headers = tenant
+    r = chat(client, headers, "BREAK please", stream=True)
+    assert r.status_code == 200
+    events = sse_events(r)
+    errors = [e for e in events if e != "[DONE]" and "error" in e]
+    assert len(errors) == 1
+    assert errors[0]["error"]["code"] == "engine_unavailable"
+    assert events[-1] == "[DONE]"
+
+
+def test_unknown_model_is_404_model_not_found(client, tenant):
+    _, headers = tenant
+    err = assert_error(chat(client, headers, model="gpt-4"), 404, "model_not_found")
+    assert err["param"] == "model"
+    for model in ("auto", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert chat(client, headers, model=model).status_code == 200
+
+
+def test_route_rag_not_served_yet_and_policy_can_forbid_forcing(client):
+    _, headers = new_tenant(client)
+    assert_error(chat(client, headers, route="rag"), 400, "route_unavailable")
+    _, strict = new_tenant(client, {"allow_route_override": []})
+    assert_error(chat(client, strict, route="prompt"), 400, "route_not_allowed")
+
+
+def test_context_length_maps_to_openai_code(client, tenant):
+    _, headers = tenant
+    err = assert_error(chat(client, headers, "TOO_LONG"), 400, "context_length_exceeded")
+    assert err["param"] == "messages"
+
+
+def test_engine_error_is_clean_5xx(client, tenant):
+    _, headers = tenant
+    assert_error(chat(client, headers, "CRASH"), 502, "upstream_error")
+
+
+def test_engine_down_is_503_with_retry_after(client, tenant, fake_engine):
+    _, headers = tenant
+    fake_engine.healthy = False
+    client.app.state.ragtune.pool.replicas[0].healthy = False
+    for stream in (False, True):
+        r = chat(client, headers, stream=stream)
+        assert_error(r, 503, "engine_unavailable")
+        assert int(r.headers["retry-after"]) > 0
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["llm"] == "down"
+    fake_engine.healthy = True
+
+
+def test_models_lists_base_model(client, tenant):
+    _, headers = tenant
+    r = client.get("/v1/models", headers=headers)
+    assert r.status_code == 200
+    ids = [m["id"] for m in r.json()["data"]]
+    assert ids == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
