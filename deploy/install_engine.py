@@ -49,9 +49,7 @@ def cpu_install(specs: list[str]) -> None:
     # Something may still pull one of them in (xgrammar asks for triton): take them out again.
     present = [n for n in UNWANTED_ON_CPU if _installed(n)]
     if present:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "uninstall", "-q", "-y", *present], check=True
-        )
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", *present], check=True)
 
 
 def _installed(name: str) -> bool:

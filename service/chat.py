@@ -170,7 +170,8 @@ class ChatService:
                 usage = chunk.get("usage")
                 if usage and not chunk.get("choices"):
                     self.metrics.count_tokens(
-                        decision.path, usage.get("prompt_tokens", 0),
+                        decision.path,
+                        usage.get("prompt_tokens", 0),
                         usage.get("completion_tokens", 0),
                     )
                     if not include_usage:

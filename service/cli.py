@@ -11,9 +11,7 @@ app = typer.Typer(no_args_is_help=True, help="ragtune: hybrid RAG + LoRA LLM ser
 model_app = typer.Typer(no_args_is_help=True, help="The base model the engine serves.")
 app.add_typer(model_app, name="model")
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")
-]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")]
 
 
 def _settings(data_dir: Path | None = None, **overrides):

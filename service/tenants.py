@@ -46,7 +46,8 @@ def new_key() -> tuple[str, str]:
 def validate_tenant_id(tenant_id: str) -> str:
     if not TENANT_ID.match(tenant_id):
         raise InvalidRequest(
-            "tenant id must be 1-64 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+            "tenant id must be 1-64 characters of a-z, 0-9 and '-', "
+            "not starting or ending with '-'",
             code="invalid_tenant_id",
             param="id",
         )

@@ -58,34 +58,55 @@ class FakeEngine:
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
         if "TOO_LONG" in last:
             return web.json_response(
-                {"error": {"message": "This model's maximum context length is 2048 tokens. "
-                           "However, you requested 5000 tokens", "type": "BadRequestError",
-                           "code": 400}}, status=400)
+                {
+                    "error": {
+                        "message": "This model's maximum context length is 2048 tokens. "
+                        "However, you requested 5000 tokens",
+                        "type": "BadRequestError",
+                        "code": 400,
+                    }
+                },
+                status=400,
+            )
         if "CRASH" in last:
             return web.json_response({"error": {"message": "boom"}}, status=500)
         text = f"echo: {system} | {last}"
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
-            return web.json_response({
-                **base, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": usage,
-            })
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
         for i, piece in enumerate(pieces):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if "BREAK" in last and i == 1:
                 request.transport.close()  # the engine dies mid-answer
                 return resp
-        final = {**base, "object": "chat.completion.chunk",
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        final = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             u = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}

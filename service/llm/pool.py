@@ -168,8 +168,10 @@ async def _upstream_error(resp: aiohttp.ClientResponse) -> APIError:
         message = raw.decode(errors="replace")[:500]
     if resp.status == 400 or resp.status == 422:
         lowered = message.lower()
-        if "context length" in lowered or "maximum model length" in lowered or (
-            "max_tokens" in lowered and "too large" in lowered
+        if (
+            "context length" in lowered
+            or "maximum model length" in lowered
+            or ("max_tokens" in lowered and "too large" in lowered)
         ):
             return InvalidRequest(message, code="context_length_exceeded", param="messages")
         return InvalidRequest(message, code="invalid_request")

@@ -15,7 +15,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def normalize_url(url: str) -> str:
-    # Users write postgresql://; SQLAlchemy's default driver for that is psycopg2, we ship psycopg 3.
+    # Users write postgresql://; SQLAlchemy's default driver for it is psycopg2, we ship psycopg 3.
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url

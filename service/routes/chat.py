@@ -38,6 +38,14 @@ async def list_models(tenant: CurrentTenant, state: AppState) -> dict:
     created = int(state.started_at)
     return {
         "object": "list",
-        "data": [{"id": base, "object": "model", "created": created, "owned_by": "ragtune",
-                  "parent": None, "root": base}],
+        "data": [
+            {
+                "id": base,
+                "object": "model",
+                "created": created,
+                "owned_by": "ragtune",
+                "parent": None,
+                "root": base,
+            }
+        ],
     }

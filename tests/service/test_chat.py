@@ -45,8 +45,12 @@ def test_tenant_system_prompt_is_applied(client):
     r = client.post(
         "/v1/chat/completions",
         headers=headers,
-        json={"messages": [{"role": "system", "content": "Be brief."},
-                           {"role": "user", "content": "hi"}]},
+        json={
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+            ]
+        },
     )
     assert "Answer as a pirate.\n\nBe brief." in r.json()["choices"][0]["message"]["content"]
 

@@ -5,7 +5,8 @@ from tests.conftest import assert_error, new_tenant
 
 def chat_ok(client, headers) -> int:
     return client.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
         headers=headers,
     ).status_code
 
@@ -40,8 +41,7 @@ def test_rotate_revokes_old_key_at_once(client, admin):
     assert chat_ok(client, old) == 401
     assert chat_ok(client, new) == 200
     # rotation with overlap keeps the previous key working
-    r = client.post(f"/v1/tenants/{tenant_id}/keys", json={"revoke_existing": False},
-                    headers=admin)
+    r = client.post(f"/v1/tenants/{tenant_id}/keys", json={"revoke_existing": False}, headers=admin)
     assert chat_ok(client, new) == 200
     assert chat_ok(client, {"Authorization": f"Bearer {r.json()['api_key']}"}) == 200
 
@@ -56,6 +56,5 @@ def test_delete_tenant_revokes_keys(client, admin):
 
 def test_admin_endpoints_need_admin(client, tenant):
     tenant_id, headers = tenant
-    assert_error(client.get(f"/v1/tenants/{tenant_id}", headers=headers), 403,
-                 "admin_key_required")
+    assert_error(client.get(f"/v1/tenants/{tenant_id}", headers=headers), 403, "admin_key_required")
     assert_error(client.get(f"/v1/tenants/{tenant_id}"), 401, "missing_api_key")
