@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -12,19 +14,42 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.chat import ChatService
+from service.documents import DocumentService
 from service.engine.model import prepare_model
 from service.engine.supervisor import EngineSupervisor
 from service.errors import install_error_handlers
 from service.llm.pool import EnginePool
 from service.metrics import Metrics
 from service.observability import RequestContextMiddleware
+from service.rag import Retriever
 from service.registry.db import Registry
-from service.routes import chat, health, tenants
+from service.routes import chat, documents, health, tenants
 from service.settings import Settings
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
 
 log = logging.getLogger("ragtune.app")
+
+
+def open_knowledge_base(settings: Settings):
+    """The embedding model and the vector store (blocking: run it in a thread)."""
+    from ingest.embedding import shared_embedder
+    from ingest.vector_store import open_chunk_store
+
+    embedder = shared_embedder(settings.embedding.model_dump_json())
+    store = open_chunk_store(settings.qdrant, settings.data_dir)
+    store.ensure_collection(embedder.dim)
+    return embedder, store
+
+
+async def start_engine(settings: Settings) -> tuple[list[str], EngineSupervisor | None]:
+    if settings.engine.urls:
+        return list(settings.engine.urls), None
+    if not (settings.resolved_model_dir / "config.json").exists():
+        await asyncio.to_thread(prepare_model, settings.resolved_model_dir, log=log.info)
+    supervisor = EngineSupervisor(settings)
+    await supervisor.start()
+    return [supervisor.url], supervisor
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -34,15 +59,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = Registry(settings.resolved_database_url)
-        registry.migrate()
-        supervisor = None
-        urls = list(settings.engine.urls)
-        if not urls:
-            if not (settings.resolved_model_dir / "config.json").exists():
-                prepare_model(settings.resolved_model_dir, log=log.info)
-            supervisor = EngineSupervisor(settings)
-            await supervisor.start()
-            urls = [supervisor.url]
+        await asyncio.to_thread(registry.migrate)
+        # The engine takes tens of seconds to start: load the knowledge base meanwhile.
+        (urls, supervisor), (embedder, store) = await asyncio.gather(
+            start_engine(settings), asyncio.to_thread(open_knowledge_base, settings)
+        )
         eng = settings.engine
         pool = EnginePool(
             urls,
@@ -52,13 +73,19 @@ def create_app(settings: Settings) -> FastAPI:
             health_interval_s=eng.health_interval_s,
         )
         await pool.start()
+        docs = DocumentService(registry, settings.data_dir / "uploads", settings.documents)
         state = State(
             settings=settings,
             metrics=metrics,
             registry=registry,
             tenants=TenantService(registry),
             pool=pool,
-            chat=ChatService(pool, metrics, settings.limits, settings.base_model_name),
+            chat=ChatService(
+                pool, metrics, settings.limits, settings.base_model_name,
+                Retriever(store, embedder, docs),
+            ),
+            documents=docs,
+            store=store,
             admin_key_digest=hashlib.sha256(resolve_admin_key(settings).encode()).hexdigest(),
             supervisor=supervisor,
             started_at=time.time(),
@@ -71,14 +98,22 @@ def create_app(settings: Settings) -> FastAPI:
                 await pool.check_all()
 
             supervisor.on_change = _on_engine_change
+        worker_thread = None
+        if settings.worker.embedded:
+            worker_thread = start_worker_thread(state, embedder)
         app.state.ragtune = state
         log.info("ragtune ready: %d engine replica(s)", len(urls))
         try:
             yield
         finally:
+            if worker_thread is not None:
+                state.worker.stop.set()
+                state.worker.wake.set()
+                await asyncio.to_thread(worker_thread.join, 30)
             await pool.close()
             if supervisor is not None:
                 await supervisor.stop()
+            store.close()
             registry.dispose()
 
     app = FastAPI(
@@ -90,7 +125,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tenants.router)
+    app.include_router(tenants.me_router)
     app.include_router(chat.router)
+    app.include_router(documents.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -102,5 +139,25 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.limits.max_request_bytes,
+        body_limits={"/v1/documents": settings.documents.max_upload_bytes},
     )
     return app
+
+
+def start_worker_thread(state: State, embedder) -> threading.Thread:
+    from ingest.pipeline import ChunkPipeline
+    from ingest.worker import IngestWorker
+
+    worker = IngestWorker(
+        state.registry,
+        state.store,
+        ChunkPipeline(embedder, state.settings.chunking),
+        state.settings.worker,
+        metrics=state.metrics,
+    )
+    state.worker = worker
+    thread = threading.Thread(
+        target=worker.run_forever, args=(worker.stop,), name="ingest-worker", daemon=True
+    )
+    thread.start()
+    return thread

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -9,10 +10,12 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.context import fit_to_budget, with_context
 from service.errors import APIError, InvalidRequest, NotFound, UpstreamError, error_body
 from service.llm.pool import EnginePool
 from service.metrics import Metrics
-from service.policy import RouteDecision, decide
+from service.policy import RouteDecision, decide_auto, requested_path
+from service.rag import RetrievalUnavailable, Retriever, citations
 from service.settings import LimitSettings
 from service.tenants import TenantView
 
@@ -68,9 +71,16 @@ class ChatRequest(BaseModel):
 
 class ChatService:
     def __init__(
-        self, pool: EnginePool, metrics: Metrics, limits: LimitSettings, base_model: str
+        self,
+        pool: EnginePool,
+        metrics: Metrics,
+        limits: LimitSettings,
+        base_model: str,
+        retriever: Retriever,
     ) -> None:
         self.pool = pool
+        self.retriever = retriever
+        self.count_tokens = retriever.embedder.count_tokens
         self.metrics = metrics
         self.limits = limits
         self.base_model = base_model
@@ -108,13 +118,25 @@ class ChatService:
             param="model",
         )
 
-    def prepare(self, tenant: TenantView, req: ChatRequest) -> tuple[RouteDecision, dict]:
+    async def prepare(
+        self, tenant: TenantView, req: ChatRequest
+    ) -> tuple[RouteDecision, dict, list[dict]]:
+        """Decide the path, retrieve where it needs it, and build the engine request."""
         max_tokens = self._check_limits(req)
         self._resolve_model(req)
-        decision = decide(tenant.policy, req.route)
+        policy = tenant.policy
+        wanted = requested_path(policy, req.route)
+        context: list[str] = []
+        cited: list[dict] = []
+        if wanted == "prompt":
+            why = _forced_why("prompt", req.route)
+            decision = RouteDecision("prompt", why)
+        else:
+            decision, context, cited = await self._with_retrieval(tenant, req, wanted)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        if tenant.policy.system_prompt:
-            messages = _with_system_prompt(messages, tenant.policy.system_prompt)
+        if policy.system_prompt:
+            messages = _with_system_prompt(messages, policy.system_prompt)
+        messages = with_context(messages, context)
         body: dict[str, Any] = {
             "model": self.base_model,
             "messages": messages,
@@ -124,9 +146,46 @@ class ChatService:
             value = getattr(req, name, None)
             if value is not None:
                 body[name] = value
-        return decision, body
+        return decision, body, cited
 
-    async def complete(self, decision: RouteDecision, body: dict) -> dict:
+    async def _with_retrieval(self, tenant: TenantView, req: ChatRequest, wanted: str):
+        policy = tenant.policy
+        query = _last_user_text(req.messages)
+        try:
+            retrieval = await asyncio.to_thread(
+                self.retriever.retrieve, tenant.id, query, policy.top_k
+            )
+        except RetrievalUnavailable as exc:
+            if policy.on_retrieval_error == "fail":
+                raise
+            reason = (
+                f"the knowledge base is unavailable ({exc.message}); degraded to the prompt path "
+                "as the tenant's policy allows"
+            )
+            return RouteDecision("prompt", reason, signals={"retrieval": "down"}), [], []
+        self.metrics.observe_retrieval(retrieval.seconds)
+        if wanted == "auto":
+            decision = decide_auto(policy, retrieval.top_score)
+        else:
+            why = _forced_why("rag", req.route)
+            top = retrieval.top_score
+            decision = RouteDecision("rag", why, signals={"top_score": _round(top)})
+        if decision.path != "rag":
+            return decision, [], []
+        hits = [h for h in retrieval.hits if h.score >= policy.min_score]
+        texts = fit_to_budget([h.text for h in hits], policy.context_max_tokens, self.count_tokens)
+        if not texts:
+            decision.reason += (
+                f"; no chunk scored above the floor {policy.min_score:.2f}, "
+                "so the model answers without context"
+            )
+        decision.signals["chunks"] = len(texts)
+        cited = citations(hits[: len(texts)])
+        for c, text in zip(cited, texts, strict=True):
+            c["text"] = text
+        return decision, texts, cited
+
+    async def complete(self, decision: RouteDecision, body: dict, cited: list[dict]) -> dict:
         started = time.perf_counter()
         status = "5xx"
         try:
@@ -139,7 +198,7 @@ class ChatService:
             self.metrics.observe_chat(decision.path, status, time.perf_counter() - started)
         out["model"] = self.base_model
         out["route"] = decision.as_dict()
-        out["citations"] = []
+        out["citations"] = cited
         usage = out.get("usage") or {}
         self.metrics.count_tokens(
             decision.path, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
@@ -147,7 +206,7 @@ class ChatService:
         return out
 
     async def stream(
-        self, decision: RouteDecision, body: dict, include_usage: bool
+        self, decision: RouteDecision, body: dict, cited: list[dict], include_usage: bool
     ) -> AsyncIterator[bytes]:
         """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].
         A failure after the first byte ends the stream with an error event, never a silent cut."""
@@ -164,7 +223,7 @@ class ChatService:
                 if first:
                     self.metrics.observe_ttft(decision.path, time.perf_counter() - started)
                     chunk["route"] = decision.as_dict()
-                    chunk["citations"] = []
+                    chunk["citations"] = cited
                     first = False
                 chunk["model"] = self.base_model
                 usage = chunk.get("usage")
@@ -185,6 +244,23 @@ class ChatService:
         finally:
             self.metrics.observe_chat(decision.path, status, time.perf_counter() - started)
         yield b"data: [DONE]\n\n"
+
+
+def _last_user_text(messages: list[Message]) -> str:
+    for m in reversed(messages):
+        if m.role == "user":
+            return m.text()
+    return messages[-1].text()
+
+
+def _forced_why(path: str, route: str | None) -> str:
+    if route:
+        return f"the request forced route '{path}'"
+    return f"the tenant's policy mode is '{path}'"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:

@@ -46,6 +46,14 @@ def serve(
     )
 
 
+@app.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run a stand-alone ingestion worker (PostgreSQL registry + Qdrant server at scale)."""
+    from ingest.cli import worker as run_worker
+
+    run_worker(data_dir)
+
+
 @model_app.command("prepare")
 def model_prepare(
     data_dir: DataDir = None,
@@ -57,6 +65,14 @@ def model_prepare(
     settings = _settings(data_dir)
     prepare_model(out or settings.resolved_model_dir, log=typer.echo)
 
+
+def _register_ingest() -> None:
+    from ingest.cli import ingest
+
+    app.command("ingest")(ingest)
+
+
+_register_ingest()
 
 if __name__ == "__main__":
     app()

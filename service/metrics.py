@@ -49,6 +49,40 @@ class Metrics:
             "ragtune_engine_restarts", "Restarts of the supervised vLLM child", registry=r
         )
 
+        self.retrieval_latency = Histogram(
+            "ragtune_retrieval_duration_seconds",
+            "Query embedding + vector search",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.jobs = Gauge("ragtune_jobs", "Ingestion jobs by state", ["state"], registry=r)
+        self.jobs_finished = Counter(
+            "ragtune_jobs_finished", "Ingestion jobs finished by this process", ["state"],
+            registry=r,
+        )
+        self.ingest_latency = Histogram(
+            "ragtune_ingest_job_duration_seconds",
+            "Claim to indexed, per job",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chunks_indexed = Counter(
+            "ragtune_chunks_indexed", "Chunks written to the vector store", registry=r
+        )
+
+    def observe_retrieval(self, seconds: float) -> None:
+        self.retrieval_latency.observe(seconds)
+
+    def observe_job(self, state: str, seconds: float, chunks: int) -> None:
+        self.jobs_finished.labels(state).inc()
+        if state == "succeeded":
+            self.ingest_latency.observe(seconds)
+            self.chunks_indexed.inc(chunks)
+
+    def set_job_counts(self, counts: dict[str, int]) -> None:
+        for state in ("queued", "running", "succeeded", "failed"):
+            self.jobs.labels(state).set(counts.get(state, 0))
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, f"{status // 100}xx").inc()
         self.http_latency.labels(route).observe(seconds)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.errors import InvalidRequest
 
 Path = Literal["prompt", "rag", "adapter_rag"]
-# Paths this server can serve today; the knowledge base (rag) and adapters (adapter_rag) add theirs.
-SERVED_PATHS: tuple[Path, ...] = ("prompt",)
+# Paths this server can serve today; adapters (adapter_rag) add theirs.
+SERVED_PATHS: tuple[Path, ...] = ("prompt", "rag")
 
 
 class Policy(BaseModel):
@@ -23,6 +23,16 @@ class Policy(BaseModel):
         description="Paths a request may force with the `route` field.",
     )
     system_prompt: str | None = Field(None, max_length=8000)
+    top_k: int = Field(3, ge=1, le=20, description="Chunks retrieved per query.")
+    min_score: float = Field(
+        0.35, ge=-1, le=1, description="Cosine floor: chunks below it are not given to the model."
+    )
+    context_max_tokens: int = Field(
+        600, ge=32, le=8000, description="Budget for retrieved context in the prompt."
+    )
+    on_retrieval_error: Literal["fail", "degrade"] = Field(
+        "degrade", description="When the knowledge base is down: 503, or answer on the prompt path."
+    )
 
 
 @dataclass
@@ -41,7 +51,8 @@ class RouteDecision:
         }
 
 
-def decide(policy: Policy, forced: Path | None) -> RouteDecision:
+def requested_path(policy: Policy, forced: Path | None) -> Path | Literal["auto"]:
+    """The path a request asks for before any signal is measured ('auto': decide from signals)."""
     if forced is not None:
         if forced not in policy.allow_route_override:
             raise InvalidRequest(
@@ -50,12 +61,31 @@ def decide(policy: Policy, forced: Path | None) -> RouteDecision:
                 param="route",
             )
         _require_served(forced, "route")
-        return RouteDecision(forced, f"the request forced route '{forced}'")
+        return forced
     if policy.mode != "auto":
         _require_served(policy.mode, "policy.mode")
-        return RouteDecision(policy.mode, f"the tenant's policy mode is '{policy.mode}'")
+    return policy.mode
+
+
+def decide_auto(policy: Policy, top_score: float | None) -> RouteDecision:
+    """The automatic rule for now: the knowledge base answers when its best chunk clears the
+    tenant's score floor; otherwise the base model answers alone."""
+    signals = {"top_score": None if top_score is None else round(top_score, 4)}
+    if top_score is None:
+        return RouteDecision("prompt", "auto: the tenant's knowledge base has nothing indexed",
+                             signals=signals)
+    if top_score >= policy.min_score:
+        return RouteDecision(
+            "rag",
+            f"auto: the best knowledge-base match scores {top_score:.2f} "
+            f"≥ the tenant's floor {policy.min_score:.2f}",
+            signals=signals,
+        )
     return RouteDecision(
-        "prompt", "auto: the tenant has no knowledge base or adapter this server can use yet"
+        "prompt",
+        f"auto: the best knowledge-base match scores {top_score:.2f} "
+        f"< the tenant's floor {policy.min_score:.2f}, so no retrieved context is relevant",
+        signals=signals,
     )
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.vector_store import QdrantSettings
+
 BASE_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -51,6 +53,43 @@ class LimitSettings(BaseModel):
     default_max_tokens: int = 256
 
 
+class EmbeddingSettings(BaseModel):
+    model_path: str | None = Field(
+        None, description="A sentence-transformers folder; default: the packaged all-MiniLM-L6-v2."
+    )
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    batch_size: int = 32
+    device: str = "cpu"
+
+
+class ChunkingSettings(BaseModel):
+    # Small chunks: retrieved context must stay short and precise (DESIGN.md, measured facts).
+    chunk_tokens: int = 160
+    overlap_tokens: int = 24
+
+
+class WorkerSettings(BaseModel):
+    embedded: bool = Field(True, description="`ragtune serve` runs an ingestion worker itself.")
+    lease_s: float = 60.0
+    max_attempts: int = 3
+    backoff_s: float = 2.0
+    poll_s: float = 0.5
+    upsert_batch: int = 64
+    # Readers that took the version list just before a switch may still search for the old
+    # version for a moment: its points stay this long after the switch.
+    retire_grace_s: float = 2.0
+
+
+class DocumentLimits(BaseModel):
+    max_file_bytes: int = 20 << 20
+    max_files: int = 20
+    max_metadata_bytes: int = 8192
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_files * self.max_file_bytes + (1 << 20)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -72,6 +111,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    documents: DocumentLimits = Field(default_factory=DocumentLimits)
 
     @property
     def resolved_model_dir(self) -> Path:

@@ -8,11 +8,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from service.chat import ChatService
+from service.documents import DocumentService
 from service.engine.supervisor import EngineSupervisor
 from service.errors import Forbidden, Unauthorized
 from service.llm.pool import EnginePool
@@ -31,8 +32,15 @@ class State:
     pool: EnginePool
     chat: ChatService
     admin_key_digest: str
+    documents: DocumentService | None = None
+    store: Any = None  # ingest.vector_store.ChunkStore
     supervisor: EngineSupervisor | None = None
     started_at: float = 0.0
+    worker: Any = None  # ingest.worker.IngestWorker running in this process, if any
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake.set()
 
 
 def resolve_admin_key(settings: Settings) -> str:

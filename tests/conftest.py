@@ -33,6 +33,7 @@ def make_settings(tmp_path: Path, engine_urls: list[str], **overrides) -> Settin
         admin_key=ADMIN_KEY,
         engine={"urls": engine_urls, "health_interval_s": 0.2},
         log_json=False,
+        worker={"retire_grace_s": 0.1, "poll_s": 0.05},
         **overrides,
     )
 

@@ -12,13 +12,13 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppState):
-    decision, engine_body = state.chat.prepare(tenant, body)
+    decision, engine_body, cited = await state.chat.prepare(tenant, body)
     headers = {"X-Route": decision.path}
     if not body.stream:
-        out = await state.chat.complete(decision, engine_body)
+        out = await state.chat.complete(decision, engine_body, cited)
         return ORJSONResponse(out, headers=headers)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    events = state.chat.stream(decision, engine_body, include_usage)
+    events = state.chat.stream(decision, engine_body, cited, include_usage)
     # Pull the first event before answering, so an engine that is down is a plain 503,
     # not a 200 stream that fails.
     first = await anext(events)

@@ -25,6 +25,11 @@ async def readyz(state: AppState) -> ORJSONResponse:
         checks["registry"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks["registry"] = f"down: {type(exc).__name__}"
+    try:
+        await asyncio.to_thread(state.store.ping)
+        checks["vector_store"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["vector_store"] = f"down: {type(exc).__name__}"
     down = sorted(k for k, v in checks.items() if v != "ok")
     if down:
         body = {
@@ -44,4 +49,5 @@ async def readyz(state: AppState) -> ORJSONResponse:
 @router.get("/metrics")
 async def metrics(state: AppState) -> Response:
     state.metrics.engine_replicas_healthy.set(state.pool.healthy_count)
+    state.metrics.set_job_counts(await asyncio.to_thread(state.documents.job_counts))
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

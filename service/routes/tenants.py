@@ -7,9 +7,16 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from service.policy import Policy
-from service.state import Admin, AppState
+from service.state import Admin, AppState, CurrentTenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+me_router = APIRouter(prefix="/v1", tags=["tenants"])
+
+
+@me_router.get("/me")
+async def whoami(tenant: CurrentTenant) -> dict:
+    """The tenant a key acts as (the CLI checks it before uploading)."""
+    return tenant.as_dict()
 
 
 class TenantCreate(BaseModel):

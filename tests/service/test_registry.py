@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 
 from service.errors import Conflict, NotFound
@@ -50,10 +51,18 @@ def registry(request, tmp_path):
 
 def test_migrations_create_schema_and_are_idempotent(registry):
     tables = set(inspect(registry.engine).get_table_names())
-    assert {"tenants", "api_keys", "alembic_version"} <= tables
+    assert {"tenants", "api_keys", "documents", "document_versions", "jobs",
+            "alembic_version"} <= tables
     registry.migrate()  # a second start-up changes nothing
+    from alembic.script import ScriptDirectory
+
+    from service.registry.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     with registry.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
 
 
 def test_tenant_lifecycle_and_keys(registry):

@@ -18,6 +18,7 @@ to leave vLLM unpatched (used to demonstrate the bug).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -28,7 +29,6 @@ import torch
 logger = logging.getLogger("vllm.ragtune_engine")
 
 DISABLE_ENV = "RAGTUNE_ENGINE_DISABLE_LORA_FIX"
-CPU_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
 # Extra positional arguments of each op after (inputs, weights, output, indices), for the probe.
 _OPS = {
     "bgmv_shrink": (1.0,),  # scaling
@@ -67,23 +67,29 @@ def register() -> None:
         return
     from vllm.platforms import current_platform
 
-    if current_platform.get_punica_wrapper() != CPU_WRAPPER:
+    wrapper = current_platform.get_punica_wrapper()  # "package.module.Class"
+    if not wrapper.endswith(".PunicaWrapperCPU"):
         return  # GPU/XPU wrappers use kernels that already skip index -1: nothing to fix.
 
-    # Import errors here propagate on purpose: vLLM then refuses to start rather than serve
-    # tenants with a leak we could not patch.
-    import vllm.lora.punica_wrapper.punica_cpu  # noqa: F401  (binds the ops by name: load it now)
-    from vllm.lora.ops.torch_ops import lora_ops
-
+    # Take the ops from the module the worker will use, wherever this vLLM keeps it (upstream
+    # is moving the LoRA code around). If they are not there we cannot tell whether this vLLM
+    # leaks, so refuse to start rather than serve tenants unchecked.
+    wrapper_module = importlib.import_module(wrapper.rsplit(".", 1)[0])
     patched = []
     for name, extra in _OPS.items():
-        original = getattr(lora_ops, name)
+        original = getattr(wrapper_module, name, None)
+        if original is None:
+            raise RuntimeError(
+                f"ragtune: {wrapper_module.__name__} has no {name}; check that this vLLM skips "
+                f"LoRA index -1 on CPU, then start it with {DISABLE_ENV}=1"
+            )
         if not _leaks(original, extra):
             continue
         wrapped = _keep_base_rows(original)
-        # `from ... import bgmv_shrink` copies the reference into each importer (the torch_ops
-        # package, punica_cpu, ...): rebind it everywhere vLLM holds it. Modules imported later
-        # take the wrapped op from lora_ops / torch_ops.
+        # `from ... import bgmv_shrink` copies the reference into each importer (the ops
+        # module's package, punica_cpu, ...): rebind it everywhere vLLM holds it. The sgmv ops
+        # call it through the ops module's globals, so they are covered too; modules imported
+        # later get the wrapped op from those packages.
         for module in list(sys.modules.values()):
             if getattr(module, "__name__", "").startswith("vllm") and (
                 getattr(module, name, None) is original
@@ -91,6 +97,8 @@ def register() -> None:
                 setattr(module, name, wrapped)
         patched.append(name)
     if patched:
+        # (In the API server process this runs before vLLM configures logging and is not
+        # shown; it is the engine core and worker processes that run the model.)
         logger.info(
             "ragtune: LoRA batch isolation fix active in pid %d (masked index -1 in %s)",
             os.getpid(),

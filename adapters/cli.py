@@ -1,0 +1,223 @@
+"""`ragtune adapters`: train a LoRA adapter from a JSONL file; register a folder with a server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+adapters_app = typer.Typer(no_args_is_help=True, help="Train and register LoRA adapters.")
+
+# Tests swap in an httpx.MockTransport; None is the network.
+_TRANSPORT: httpx.BaseTransport | None = None
+MAX_EXAMPLES_FROM_TRAINING_FILE = 20
+
+
+def _settings():
+    from service.settings import load_settings
+
+    return load_settings()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+@adapters_app.command()
+def train(
+    data: Annotated[
+        Path, typer.Option("--data", help="Training rows (JSONL): messages or prompt/completion.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Empty or new folder for the adapter.")],
+    rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 16,
+    alpha: Annotated[int | None, typer.Option(help="lora_alpha (default: 2 x rank).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the data (unless --max-steps).")] = 3,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Samples per optimizer step.")] = 8,
+    grad_accum: Annotated[
+        int, typer.Option(help="Split each step into this many passes (memory).")
+    ] = 1,
+    max_len: Annotated[int, typer.Option(help="Tokens per sample; longer answers are cut.")] = 512,
+    context_docs: Annotated[
+        Path | None, typer.Option(help="Folder of .txt/.md: train with retrieved context (RAFT).")
+    ] = None,
+    context_fraction: Annotated[float, typer.Option(help="Share of samples given context.")] = 0.5,
+    distractors: Annotated[int, typer.Option(help="Random passages beside the relevant one.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even if the data check fails.")
+    ] = False,
+    base_model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Base model folder (default: the served one, RAGTUNE_MODEL_DIR)."),
+    ] = None,
+) -> None:
+    """Check the data, then train a LoRA adapter on the base model (adapter_config.json +
+    adapter_model.safetensors in --out)."""
+    from transformers import AutoTokenizer
+
+    from adapters.datacheck import check_training_data, load_jsonl
+    from adapters.errors import TrainingDataError
+    from adapters.train import TrainingRefused, train_lora
+
+    settings = _settings()
+    base_dir = base_model_dir or settings.resolved_model_dir
+    if not (base_dir / "config.json").is_file():
+        raise _fail(
+            f"no base model at {base_dir}: run `ragtune model prepare` or pass --base-model-dir"
+        )
+    try:
+        rows = load_jsonl(data)
+    except (TrainingDataError, OSError) as e:
+        raise _fail(f"cannot read {data}: {getattr(e, 'message', e)}", 2) from None
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    report = check_training_data(rows, tokenizer=tokenizer, max_tokens=max_len)
+    typer.echo(report.summary())
+    if not report.passes and not force:
+        raise _fail("refusing to train on this data (fix it, or pass --force)")
+    try:
+        result = train_lora(
+            rows,
+            out,
+            base_model_dir=base_dir,
+            base_model_name=settings.base_model_name,
+            rank=rank,
+            alpha=alpha or 2 * rank,
+            epochs=epochs,
+            max_steps=max_steps,
+            lr=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_len=max_len,
+            context_docs=context_docs,
+            context_fraction=context_fraction,
+            distractors=distractors,
+            seed=seed,
+            force=force,
+        )
+    except TrainingRefused as e:  # pragma: no cover - the check above refuses first
+        raise _fail(str(e)) from None
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(
+        f"trained {result.steps} steps on {result.samples} samples "
+        f"({result.context_samples} with context) in {result.seconds:.0f}s on {result.device}: "
+        f"answer loss {result.loss_before:.3f} -> {result.loss_after:.3f}"
+    )
+    typer.echo(f"adapter (rank {result.info.rank}, {result.info.size_bytes} bytes) in {out}")
+    typer.echo(f"register it: ragtune adapters register {out} --name NAME --examples {data}")
+
+
+def parse_examples(value: str | None) -> list[str]:
+    """A JSON list of prompts, or a file: a JSON list, a training JSONL (its first prompts), or
+    one prompt per line."""
+    if not value:
+        return []
+    path = Path(value)
+    is_file = len(value) < 4096 and path.is_file()
+    text = path.read_text(encoding="utf-8") if is_file else value
+    if text.lstrip().startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("examples must be a JSON list of strings")
+        return items
+    if not is_file:
+        raise ValueError("--examples takes a JSON list or a file")
+    if path.suffix == ".jsonl":
+        from adapters.datacheck import normalise_rows, parse_jsonl
+
+        samples, _ = normalise_rows(parse_jsonl(text, source=path.name))
+        prompts = list(dict.fromkeys(s.instruction for s in samples if s.instruction.strip()))
+        return prompts[:MAX_EXAMPLES_FROM_TRAINING_FILE]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def post_adapter(
+    folder: Path,
+    *,
+    name: str,
+    description: str,
+    examples: list[str],
+    url: str,
+    key: str,
+    timeout: float = 600.0,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Response:
+    """POST the folder, packed as a .tar.gz in memory, to /v1/adapters (multipart)."""
+    from adapters.archive import pack_adapter
+
+    data = pack_adapter(folder)
+    with httpx.Client(base_url=url, timeout=timeout, transport=transport) as client:
+        return client.post(
+            "/v1/adapters",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"file": (f"{name}.tar.gz", data, "application/gzip")},
+            data={"name": name, "description": description, "examples": json.dumps(examples)},
+        )
+
+
+@adapters_app.command()
+def register(
+    folder: Annotated[
+        Path, typer.Argument(help="Adapter folder (adapter_config.json + safetensors).")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="Adapter name; an existing name gets a new version.")
+    ],
+    description: Annotated[str, typer.Option(help="What the adapter is for.")] = "",
+    examples: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompts it is for: a JSON list, or a file (JSON list, training JSONL, lines)."
+        ),
+    ] = None,
+    url: Annotated[
+        str, typer.Option(envvar="RAGTUNE_URL", help="The ragtune server.")
+    ] = "http://127.0.0.1:8000",
+    key: Annotated[
+        str | None, typer.Option(envvar="RAGTUNE_API_KEY", help="Tenant API key.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait (the server loads it first).")
+    ] = 600.0,
+) -> None:
+    """Upload an adapter folder to a ragtune server; prints the server's JSON answer."""
+    if not key:
+        raise _fail("no API key: pass --key or set RAGTUNE_API_KEY", 2)
+    try:
+        prompts = parse_examples(examples)
+        resp = post_adapter(
+            folder,
+            name=name,
+            description=description,
+            examples=prompts,
+            url=url,
+            key=key,
+            timeout=timeout,
+            transport=_TRANSPORT,
+        )
+    except (OSError, ValueError) as e:
+        raise _fail(f"cannot register {folder}: {e}", 2) from None
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.is_success and body is not None:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        raise _fail(f"error {resp.status_code} ({err.get('code')}): {err.get('message')}")
+    raise _fail(f"error {resp.status_code}: {resp.text[:500]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    adapters_app(sys.argv[1:])

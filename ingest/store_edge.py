@@ -1,0 +1,270 @@
+"""The embedded chunk store: Qdrant Edge (qdrant-edge-py), Qdrant's engine inside this process.
+
+Facts this is built on (qdrant-edge-py 0.9.0; its stubs and measurements in bench/retrieval.py):
+- One `EdgeShard` per folder; the folder is locked to one process (a second open fails with
+  "Can't init WAL: WouldBlock"), so the serving process owns it.
+- Updates go to a write-ahead log first: points written survive a killed process without a
+  flush. `flush()` writes the segments and lets the WAL be truncated; we flush after each write.
+- Edge optimizes nothing in the background. `optimize()` runs the merge, indexing and vacuum
+  optimizers inline until none has work, and holds the GIL meanwhile (the event loop of the
+  serving process stalls), so it runs rarely: once `optimize_after_points` points were written
+  or deleted since the last run (across restarts: `points_count - indexed_vectors_count`).
+  New points are searchable at once in the appendable segment, which is scanned exactly.
+- Filtered search plans per segment: a tenant whose vectors are smaller than
+  `full_scan_threshold_kb` is scored exactly through the `tenant_id` index (recall 1.0, no short
+  results); a bigger tenant uses the per-tenant HNSW links (`m=0`, `payload_m`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from ingest.vector_store import (
+    DOC_VERSION_KEY,
+    DOCUMENT_KEY,
+    TENANT_KEY,
+    Chunk,
+    Hit,
+    QdrantSettings,
+    VectorStoreError,
+    check_chunks,
+    chunk_payload,
+    doc_version,
+    hit_from_payload,
+    require_tenant,
+)
+
+log = logging.getLogger("ragtune.vector_store")
+
+# Written by EdgeShard.create: its presence means "a shard is here".
+_CONFIG_FILE = "edge_config.json"
+
+
+class EdgeChunkStore:
+    def __init__(self, path: Path, settings: QdrantSettings) -> None:
+        self.path = path
+        self._settings = settings
+        self._lock = threading.RLock()  # writes, optimize and close; reads need none
+        self._shard: qe.EdgeShard | None = None
+        self._dim: int | None = None
+        self._closed = False
+        self._unoptimized = 0
+        if (path / _CONFIG_FILE).is_file():
+            self._dim = _stored_dim(path)
+            config = self._config(self._dim) if self._dim else None
+            # A changed tuning (hnsw, thresholds) is written over the stored config on load.
+            self._shard = qe.EdgeShard.load(str(path), config)
+            info = self._shard.info()
+            self._unoptimized = max(0, info.points_count - info.indexed_vectors_count)
+            log.info(
+                "opened Qdrant Edge store at %s: %d points, %d not yet optimized",
+                path,
+                info.points_count,
+                self._unoptimized,
+            )
+            self._optimize_if_due()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def ensure_collection(self, dim: int) -> None:
+        with self._lock:
+            self._check_open()
+            if self._shard is None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._shard = qe.EdgeShard.create(str(self.path), self._config(dim))
+                self._dim = dim
+                log.info("created Qdrant Edge store at %s (%d-d, cosine)", self.path, dim)
+            elif self._dim is not None and self._dim != dim:
+                raise VectorStoreError(
+                    f"the vector store at {self.path} holds {self._dim}-d vectors, "
+                    f"the embedding model makes {dim}-d: re-index into a new folder"
+                )
+            self._dim = dim
+            # Idempotent: creating an index that exists is a no-op.
+            self._shard.update(
+                qe.UpdateOperation.create_field_index(
+                    TENANT_KEY, qe.KeywordIndexParams(is_tenant=True)
+                )
+            )
+            for key in (DOCUMENT_KEY, DOC_VERSION_KEY):
+                self._shard.update(
+                    qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
+                )
+            self._shard.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._shard is not None:
+                shard, self._shard = self._shard, None
+                shard.flush()
+                shard.close()
+
+    def ping(self) -> None:
+        self._check_open()
+        shard = self._shard
+        if shard is not None:
+            shard.info()
+
+    def optimize(self) -> bool:
+        """Run Edge's optimizers now (blocking, holds the GIL); True if anything changed."""
+        with self._lock:
+            shard = self._require_shard()
+            started = time.monotonic()
+            changed = shard.optimize()
+            shard.flush()
+            self._unoptimized = 0
+            info = shard.info()
+            log.info(
+                "optimized Qdrant Edge store in %.2fs: %d points in %d segments",
+                time.monotonic() - started,
+                info.points_count,
+                info.segments_count,
+            )
+            return changed
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def upsert(self, chunks: Sequence[Chunk]) -> None:
+        if not chunks:
+            return
+        with self._lock:
+            shard = self._require_shard()
+            check_chunks(chunks, self._dim or len(chunks[0].vector))
+            points = [qe.Point(c.id, c.vector, chunk_payload(c)) for c in chunks]
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            self._written(len(points))
+
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
+        require_tenant(tenant_id)
+        self._delete(
+            _match(TENANT_KEY, tenant_id),
+            _match(DOC_VERSION_KEY, doc_version(document_id, version)),
+        )
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        require_tenant(tenant_id)
+        self._delete(_match(TENANT_KEY, tenant_id), _match(DOCUMENT_KEY, document_id))
+
+    def _delete(self, *must: qe.FieldCondition) -> None:
+        with self._lock:
+            shard = self._shard
+            self._check_open()
+            if shard is None:
+                return
+            flt = qe.Filter(must=list(must))
+            n = shard.count(qe.CountRequest(exact=True, filter=flt))
+            if n:
+                shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                self._written(n)
+
+    def _written(self, n: int) -> None:
+        self._unoptimized += n
+        if not self._optimize_if_due():
+            self._shard.flush()
+
+    def _optimize_if_due(self) -> bool:
+        if self._unoptimized < self._settings.optimize_after_points:
+            return False
+        self.optimize()
+        return True
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        top_k: int,
+        *,
+        min_score: float | None = None,
+        exclude: Collection[tuple[str, int]] = (),
+    ) -> list[Hit]:
+        require_tenant(tenant_id)
+        shard = self._shard
+        self._check_open()
+        if shard is None or top_k <= 0:
+            return []
+        if self._dim is not None and len(vector) != self._dim:
+            raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
+        must_not = None
+        if exclude:
+            excluded = sorted({doc_version(d, v) for d, v in exclude})
+            must_not = [qe.FieldCondition(key=DOC_VERSION_KEY, match=qe.MatchAny(excluded))]
+        acorn = qe.AcornSearchParams(enable=True) if self._settings.acorn else None
+        points = shard.query(
+            qe.QueryRequest(
+                query=qe.Query.Nearest(vector),
+                limit=top_k,
+                filter=qe.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not),
+                with_payload=True,
+                score_threshold=min_score,
+                params=qe.SearchParams(hnsw_ef=max(self._settings.hnsw_ef, top_k), acorn=acorn),
+            )
+        )
+        return [hit_from_payload(p.id, p.score, p.payload or {}) for p in points]
+
+    def count(
+        self, tenant_id: str, document_id: str | None = None, version: int | None = None
+    ) -> int:
+        require_tenant(tenant_id)
+        shard = self._shard
+        self._check_open()
+        if shard is None:
+            return 0
+        must = [_match(TENANT_KEY, tenant_id)]
+        if document_id is not None and version is not None:
+            must.append(_match(DOC_VERSION_KEY, doc_version(document_id, version)))
+        elif document_id is not None:
+            must.append(_match(DOCUMENT_KEY, document_id))
+        elif version is not None:
+            raise ValueError("count by version needs the document_id")
+        return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _config(self, dim: int) -> qe.EdgeConfig:
+        s = self._settings
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            # m=0: no global graph (every query is filtered by tenant); payload_m: per-tenant links.
+            hnsw_config=qe.HnswIndexConfig(
+                m=0,
+                ef_construct=s.ef_construct,
+                full_scan_threshold=s.full_scan_threshold_kb,
+                payload_m=s.payload_m,
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=s.indexing_threshold_kb),
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VectorStoreError(f"the vector store at {self.path} is closed")
+
+    def _require_shard(self) -> qe.EdgeShard:
+        self._check_open()
+        if self._shard is None:
+            raise VectorStoreError("the vector store has no collection yet: call ensure_collection")
+        return self._shard
+
+
+def _match(key: str, value: str) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _stored_dim(path: Path) -> int | None:
+    # Edge has no getter for a loaded shard's config; its JSON file has the size. Best effort:
+    # unknown just means the first upsert's own dimension check is the one that speaks.
+    try:
+        return int(json.loads((path / _CONFIG_FILE).read_text())["vectors"][""]["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

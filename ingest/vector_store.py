@@ -1,0 +1,207 @@
+"""The knowledge base's vector store: chunks of every tenant's documents in ONE Qdrant collection.
+
+Qdrant's multitenancy advice: one collection, a `tenant_id` keyword payload index marked
+`is_tenant` (points of a tenant are stored together), and HNSW links built per tenant
+(`m=0`, `payload_m=16`) instead of one global graph that no query uses. Every search filters on
+the tenant; a tenant never gets another tenant's chunk, whatever it passes.
+
+Two implementations behind `ChunkStore`:
+- `EdgeChunkStore` (ingest/store_edge.py): Qdrant Edge, Qdrant's engine in this process, on local
+  disk. The embedded default (`url` unset).
+- `ServerChunkStore` (ingest/store_qdrant.py): a Qdrant server through qdrant-client and
+  llama-index's `QdrantVectorStore` (`url` set). qdrant-client's local mode stands in for it
+  in tests.
+
+The methods are synchronous; the async service calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, Field, SecretStr
+
+# uuid5 namespace of chunk ids: fixed forever, or re-running a job would stop overwriting.
+CHUNK_ID_NAMESPACE = uuid.UUID("6f1d4c0e-3a52-5b8e-9c7d-2f0a8e4b7c31")
+
+# Payload keys, shared by both implementations (llama-index also writes `document_id`).
+TENANT_KEY = "tenant_id"
+DOCUMENT_KEY = "document_id"
+DOC_VERSION_KEY = "doc_version"  # "<document_id>@<version>": what `exclude` and deletes match on
+VERSION_KEY = "version"
+CHUNK_INDEX_KEY = "chunk_index"
+SOURCE_KEY = "source"
+TEXT_KEY = "text"
+METADATA_KEY = "metadata"  # the upload's user metadata, nested so it never shadows our keys
+
+
+class QdrantSettings(BaseModel):
+    """The vector store. `url` unset: Qdrant Edge embedded in the serving process."""
+
+    url: str | None = Field(None, description="Qdrant server URL. Unset: embedded Qdrant Edge.")
+    api_key: SecretStr | None = None
+    collection: str = "ragtune_chunks"
+    path: Path | None = Field(None, description="Embedded store folder. Unset: <data_dir>/qdrant.")
+    timeout_s: float = Field(10.0, description="Server requests.")
+    hnsw_ef: int = Field(128, description="HNSW beam width of a search (recall vs latency).")
+    payload_m: int = Field(16, description="HNSW links per point inside its tenant's graph.")
+    ef_construct: int = 100
+    full_scan_threshold_kb: int = Field(
+        10_000,
+        description=(
+            "A tenant whose vectors take less than this (KB; 384-d float32 is 1.5 KB a chunk, so "
+            "~6.6k chunks) is searched exactly through the tenant index and gets no HNSW graph."
+        ),
+    )
+    acorn: bool = Field(
+        False,
+        description=(
+            "ACORN filtered search (explores neighbours of neighbours). Not needed with per-tenant "
+            "graphs (bench/retrieval.py measures recall without it); costs latency."
+        ),
+    )
+    indexing_threshold_kb: int | None = Field(
+        None,
+        description="Edge: a segment bigger than this (KB) gets its HNSW index. Unset: 10 MB.",
+    )
+    optimize_after_points: int = Field(
+        20_000,
+        description=(
+            "Edge: run the optimizer (index, merge, vacuum) inline once this many points were "
+            "written or deleted since the last run. It holds the GIL while it runs."
+        ),
+    )
+
+    def resolved_path(self, data_dir: Path) -> Path:
+        return self.path or data_dir / "qdrant"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str  # chunk_id(...): re-running a job overwrites the same points
+    tenant_id: str
+    document_id: str
+    version: int
+    chunk_index: int
+    text: str
+    source: str  # file name
+    vector: Sequence[float]
+    metadata: dict = field(default_factory=dict)  # user metadata from the upload (JSON-able)
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    document_id: str
+    version: int
+    chunk_index: int
+    score: float
+    source: str
+    text: str
+    metadata: dict
+
+
+class ChunkStore(Protocol):
+    def ensure_collection(self, dim: int) -> None: ...
+
+    def upsert(self, chunks: Sequence[Chunk]) -> None: ...
+
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        top_k: int,
+        *,
+        min_score: float | None = None,
+        exclude: Collection[tuple[str, int]] = (),
+    ) -> list[Hit]:
+        """The tenant's `top_k` nearest chunks (cosine, best first), at least `min_score`, none of
+        the (document_id, version) pairs in `exclude`."""
+        ...
+
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None: ...
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None: ...
+
+    def count(
+        self, tenant_id: str, document_id: str | None = None, version: int | None = None
+    ) -> int: ...
+
+    def ping(self) -> None:
+        """Raises if the store is unusable (for /readyz)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VectorStoreError(RuntimeError):
+    """The store cannot do what was asked (not created yet, wrong dimension, closed)."""
+
+
+def chunk_id(tenant_id: str, document_id: str, version: int, chunk_index: int) -> str:
+    """Deterministic point id: the same chunk of the same version always lands on the same point."""
+    name = f"{tenant_id}\x1f{document_id}\x1f{version}\x1f{chunk_index}"
+    return str(uuid.uuid5(CHUNK_ID_NAMESPACE, name))
+
+
+def doc_version(document_id: str, version: int) -> str:
+    return f"{document_id}@{version}"
+
+
+def chunk_payload(chunk: Chunk) -> dict:
+    """A chunk's flat payload (Edge stores it as is; the server maps it onto a llama-index node)."""
+    return {
+        TENANT_KEY: chunk.tenant_id,
+        DOCUMENT_KEY: chunk.document_id,
+        VERSION_KEY: chunk.version,
+        DOC_VERSION_KEY: doc_version(chunk.document_id, chunk.version),
+        CHUNK_INDEX_KEY: chunk.chunk_index,
+        SOURCE_KEY: chunk.source,
+        TEXT_KEY: chunk.text,
+        METADATA_KEY: dict(chunk.metadata),
+    }
+
+
+def hit_from_payload(point_id: object, score: float, payload: dict) -> Hit:
+    return Hit(
+        chunk_id=str(point_id),
+        document_id=payload[DOCUMENT_KEY],
+        version=int(payload[VERSION_KEY]),
+        chunk_index=int(payload[CHUNK_INDEX_KEY]),
+        score=float(score),
+        source=payload.get(SOURCE_KEY, ""),
+        text=payload.get(TEXT_KEY, ""),
+        metadata=payload.get(METADATA_KEY) or {},
+    )
+
+
+def require_tenant(tenant_id: str) -> None:
+    # An empty tenant must never reach a filter: it is a bug upstream, not "no filter".
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise ValueError("tenant_id must be a non-empty string")
+
+
+def check_chunks(chunks: Sequence[Chunk], dim: int) -> None:
+    for c in chunks:
+        require_tenant(c.tenant_id)
+        if len(c.vector) != dim:
+            raise ValueError(f"chunk {c.id}: vector has {len(c.vector)} dimensions, expected {dim}")
+
+
+def open_chunk_store(settings: QdrantSettings, data_dir: Path) -> ChunkStore:
+    """Edge in `settings.path` (default `<data_dir>/qdrant`) when `settings.url` is unset, else
+    the server."""
+    if not isinstance(settings, QdrantSettings):
+        # Another settings model with (a subset of) these fields: take what it has.
+        settings = QdrantSettings.model_validate(settings.model_dump())
+    if settings.url is None:
+        from ingest.store_edge import EdgeChunkStore
+
+        return EdgeChunkStore(settings.resolved_path(data_dir), settings)
+    from ingest.store_qdrant import ServerChunkStore
+
+    return ServerChunkStore.connect(settings)

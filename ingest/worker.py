@@ -1,0 +1,271 @@
+"""The ingestion worker: claims jobs with a lease, indexes, switches versions, retries.
+
+Any number of workers may run against one registry: a claim is a conditional UPDATE (and
+`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two never hold the same job; a worker that dies
+leaves its lease to run out and the job is claimed again. Re-running a job first removes what
+the crashed run wrote for that version, then writes the same deterministic point ids, so the
+index ends with exactly the document's chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from ingest.pipeline import ChunkPipeline
+from ingest.readers import Section
+from ingest.vector_store import ChunkStore
+from service.documents import DocumentService
+from service.registry.db import Registry
+from service.registry.models import Document, DocumentVersion, Job, utcnow
+from service.settings import WorkerSettings
+
+log = logging.getLogger("ragtune.worker")
+
+
+class LeaseLost(RuntimeError):
+    pass
+
+
+@dataclass
+class Claimed:
+    id: str
+    tenant_id: str
+    attempts: int
+    max_attempts: int
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        registry: Registry,
+        store: ChunkStore,
+        pipeline: ChunkPipeline,
+        settings: WorkerSettings,
+        metrics=None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.pipeline = pipeline
+        self.settings = settings
+        self.metrics = metrics
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.documents = DocumentService(registry, uploads_dir=None, limits=None)
+        # Test hook: called after each upserted batch (crash-safety tests kill the process there).
+        self.after_batch = None
+        self.stop = threading.Event()
+        self.wake = threading.Event()  # set by uploads: no need to wait for the next poll
+
+    # ---- the queue ----------------------------------------------------------------------
+    def claim(self) -> Claimed | None:
+        now = utcnow()
+        claimable = or_(
+            and_(Job.state == "queued", Job.run_after <= now),
+            and_(Job.state == "running", Job.lease_until < now),
+        )
+        with self.registry.session() as s:
+            row = s.execute(
+                select(Job.id, Job.tenant_id, Job.attempts, Job.max_attempts)
+                .where(claimable)
+                .order_by(Job.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if row is None:
+                return None
+            # Conditional: on SQLite (no row locks) a racing worker's UPDATE finds 0 rows.
+            done = s.execute(
+                update(Job)
+                .where(Job.id == row.id, claimable)
+                .values(
+                    state="running",
+                    attempts=Job.attempts + 1,
+                    lease_until=now + timedelta(seconds=self.settings.lease_s),
+                    leased_by=self.worker_id,
+                    started_at=now,
+                )
+            )
+            if done.rowcount != 1:
+                return None
+        return Claimed(row.id, row.tenant_id, row.attempts + 1, row.max_attempts)
+
+    def _renew(self, job_id: str) -> None:
+        with self.registry.session() as s:
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.leased_by == self.worker_id, Job.state == "running")
+                .values(lease_until=utcnow() + timedelta(seconds=self.settings.lease_s))
+            )
+            if done.rowcount != 1:
+                raise LeaseLost(f"job {job_id} was taken over by another worker")
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when there was none."""
+        job = self.claim()
+        if job is None:
+            self.sweep_deletions()
+            return False
+        started = time.perf_counter()
+        try:
+            chunks = self._process(job)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return True
+        except Exception as exc:  # noqa: BLE001 - every failure is kept on the job
+            log.exception("job %s failed (attempt %d)", job.id, job.attempts)
+            self._fail(job, exc)
+            return True
+        with self.registry.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.leased_by == self.worker_id)
+                .values(state="succeeded", chunks=chunks, error=None, lease_until=None,
+                        finished_at=utcnow())
+            )
+        if self.metrics:
+            self.metrics.observe_job("succeeded", time.perf_counter() - started, chunks)
+        log.info("job %s indexed %d chunks", job.id, chunks)
+        return True
+
+    def _fail(self, job: Claimed, exc: Exception) -> None:
+        final = job.attempts >= job.max_attempts
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        with self.registry.session() as s:
+            values = {"error": message, "lease_until": None, "leased_by": None}
+            if final:
+                values.update(state="failed", finished_at=utcnow())
+            else:
+                delay = self.settings.backoff_s * 2 ** (job.attempts - 1)
+                values.update(state="queued", run_after=utcnow() + timedelta(seconds=delay))
+            s.execute(update(Job).where(Job.id == job.id).values(**values))
+        if final:
+            for v in self._versions(job.id):
+                if v.state in ("queued", "indexing"):
+                    self.store.delete_version(v.tenant_id, v.document_id, v.version)
+                    self._set_version(v, state="failed", error=message)
+            if self.metrics:
+                self.metrics.observe_job("failed", 0.0, 0)
+
+    # ---- indexing -----------------------------------------------------------------------
+    def _versions(self, job_id: str) -> list[DocumentVersion]:
+        with self.registry.session() as s:
+            return list(
+                s.scalars(select(DocumentVersion).where(DocumentVersion.job_id == job_id)).all()
+            )
+
+    def _set_version(self, v: DocumentVersion, **values) -> None:
+        with self.registry.session() as s:
+            s.execute(
+                update(DocumentVersion)
+                .where(DocumentVersion.tenant_id == v.tenant_id,
+                       DocumentVersion.document_id == v.document_id,
+                       DocumentVersion.version == v.version)
+                .values(**values)
+            )
+
+    def _process(self, job: Claimed) -> int:
+        total = 0
+        for v in self._versions(job.id):
+            if v.state not in ("queued", "indexing"):
+                total += v.chunks or 0  # done by an earlier attempt
+                continue
+            self._set_version(v, state="indexing")
+            total += self._index_version(job, v)
+        return total
+
+    def _index_version(self, job: Claimed, v: DocumentVersion) -> int:
+        raw = json.loads(open(v.stored_path, encoding="utf-8").read())
+        sections = [Section(r["text"], r.get("meta", {})) for r in raw]
+        # A crashed attempt may have written part of this version: start clean.
+        self.store.delete_version(v.tenant_id, v.document_id, v.version)
+        chunks = self.pipeline.run(
+            sections, tenant_id=v.tenant_id, document_id=v.document_id, version=v.version,
+            source=v.source, metadata=v.meta or {},
+        )
+        self._renew(job.id)
+        step = self.settings.upsert_batch
+        for i in range(0, len(chunks), step):
+            self.store.upsert(chunks[i : i + step])
+            self._renew(job.id)
+            if self.after_batch:
+                self.after_batch(job, v, i + step)
+        self._switch(v, len(chunks))
+        return len(chunks)
+
+    def _switch(self, v: DocumentVersion, chunks: int) -> None:
+        """Make `v` the version readers see, in one transaction; then retire the old one."""
+        retired: int | None = None
+        with self.registry.session() as s:
+            doc = s.get(Document, (v.tenant_id, v.document_id), with_for_update=True)
+            gone = doc is None or doc.state != "live"
+            newer = doc is not None and (doc.current_version or 0) > v.version
+            if gone or newer:
+                state = "superseded" if newer and not gone else "failed"
+            else:
+                state = "current"
+                retired = doc.current_version
+                doc.current_version = v.version
+                doc.updated_at = utcnow()
+                if retired is not None:
+                    s.execute(
+                        update(DocumentVersion)
+                        .where(DocumentVersion.tenant_id == v.tenant_id,
+                               DocumentVersion.document_id == v.document_id,
+                               DocumentVersion.version == retired)
+                        .values(state="superseded")
+                    )
+            s.execute(
+                update(DocumentVersion)
+                .where(DocumentVersion.tenant_id == v.tenant_id,
+                       DocumentVersion.document_id == v.document_id,
+                       DocumentVersion.version == v.version)
+                .values(state=state, chunks=chunks,
+                        error=None if state != "failed" else "document deleted while indexing")
+            )
+        if state != "current":
+            retired = v.version  # never readable: remove what we wrote
+        if retired is not None:
+            if state == "current":
+                time.sleep(self.settings.retire_grace_s)
+            self.store.delete_version(v.tenant_id, v.document_id, retired)
+            with self.registry.session() as s:
+                s.execute(
+                    update(DocumentVersion)
+                    .where(DocumentVersion.tenant_id == v.tenant_id,
+                           DocumentVersion.document_id == v.document_id,
+                           DocumentVersion.version == retired,
+                           DocumentVersion.state == "superseded")
+                    .values(state="retired")
+                )
+
+    def sweep_deletions(self) -> None:
+        for tenant_id, document_id in self.documents.deleting_documents():
+            try:
+                self.store.delete_document(tenant_id, document_id)
+                self.documents.purge(tenant_id, document_id)
+            except Exception:  # noqa: BLE001 - retried at the next sweep
+                log.exception("deleting %s/%s failed; will retry", tenant_id, document_id)
+
+    # ---- loops --------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        stop = stop or self.stop
+        log.info("ingestion worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # noqa: BLE001 - a registry hiccup must not end the worker
+                log.exception("worker loop error")
+                busy = False
+            if not busy:
+                self.wake.wait(self.settings.poll_s)
+                self.wake.clear()
+        log.info("ingestion worker %s stopped", self.worker_id)

@@ -1,0 +1,69 @@
+"""Retrieval for the rag and adapter_rag paths: embed the question, search the tenant's current
+chunks (never another tenant's: the store filters on tenant_id), drop what is below the floor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ingest.embedding import Embedder
+from ingest.vector_store import ChunkStore, Hit
+from service.documents import DocumentService
+from service.errors import APIError
+
+
+class RetrievalUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "retrieval_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+@dataclass
+class Retrieval:
+    hits: list[Hit]
+    seconds: float
+
+    @property
+    def top_score(self) -> float | None:
+        return self.hits[0].score if self.hits else None
+
+
+class Retriever:
+    def __init__(self, store: ChunkStore, embedder: Embedder, documents: DocumentService) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.documents = documents
+
+    def retrieve(self, tenant_id: str, query: str, top_k: int) -> Retrieval:
+        """Sync (run it in a thread). Raises RetrievalUnavailable when the store fails."""
+        started = time.perf_counter()
+        try:
+            if not self.documents.has_documents(tenant_id):
+                # Nothing indexed: no need to embed the question (the common case for
+                # tenants without a knowledge base).
+                return Retrieval([], time.perf_counter() - started)
+            hidden = self.documents.hidden_versions(tenant_id)
+            vector = self.embedder.query(query)
+            hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)
+        except APIError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure is the same to the caller
+            raise RetrievalUnavailable(f"the knowledge base is unavailable: {exc}") from exc
+        return Retrieval(hits, time.perf_counter() - started)
+
+
+def citations(hits: list[Hit]) -> list[dict]:
+    return [
+        {
+            "document_id": h.document_id,
+            "chunk_id": h.chunk_id,
+            "score": round(h.score, 4),
+            "source": h.source,
+            "text": h.text,
+            "version": h.version,
+        }
+        for h in hits
+    ]

@@ -1,0 +1,350 @@
+"""The same contract tests over every ChunkStore: Qdrant Edge (embedded, in a tmp folder), the
+server implementation on qdrant-client's local mode, and the server implementation on a real
+`qdrant/qdrant` container (testcontainers; skipped where no Docker engine answers).
+
+Random normalised vectors stand in for embeddings: no model is needed here.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.store_edge import EdgeChunkStore
+from ingest.store_qdrant import ServerChunkStore
+from ingest.vector_store import (
+    Chunk,
+    ChunkStore,
+    QdrantSettings,
+    VectorStoreError,
+    chunk_id,
+    open_chunk_store,
+)
+
+DIM = 384
+KINDS = ["edge", "local", "container"]
+QDRANT_IMAGE = "qdrant/qdrant:v1.16.2"  # ACORN arrived in 1.16
+
+# qdrant-client's local mode warns that payload indexes and search params have no effect there.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact"),
+]
+
+
+def unit(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_chunks(
+    tenant: str, document: str, version: int, vectors: np.ndarray, *, text: str = "chunk"
+) -> list[Chunk]:
+    return [
+        Chunk(
+            id=chunk_id(tenant, document, version, i),
+            tenant_id=tenant,
+            document_id=document,
+            version=version,
+            chunk_index=i,
+            text=f"{text} {i} of {document}@{version}",
+            source=f"{document}.md",
+            vector=v.tolist(),
+            metadata={"lang": "en", "i": i},
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+# -- the three backends ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qdrant_server() -> Iterator[str]:
+    """URL of a throwaway Qdrant server in Docker, or a skip saying why there is none."""
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # no client library, no socket, daemon down: all mean "no Docker"
+        pytest.skip(f"no Docker engine reachable for a qdrant/qdrant container: {exc}")
+    from testcontainers.community.qdrant import QdrantContainer
+
+    with QdrantContainer(QDRANT_IMAGE) as qdrant:
+        yield f"http://{qdrant.get_container_host_ip()}:{qdrant.get_exposed_port(6333)}"
+
+
+Opener = Callable[[], ChunkStore]
+
+
+@pytest.fixture(params=KINDS)
+def opener(request, tmp_path: Path) -> Iterator[Opener]:
+    """A function that opens (or re-opens) the same store; every store opened is closed after."""
+    kind = request.param
+    if kind == "edge":
+        settings = QdrantSettings(path=tmp_path / "edge", optimize_after_points=100_000)
+    elif kind == "local":
+        settings = None
+    else:
+        url = request.getfixturevalue("qdrant_server")
+        settings = QdrantSettings(url=url, collection=f"t_{uuid.uuid4().hex[:12]}")
+    opened: list[ChunkStore] = []
+
+    def open_store() -> ChunkStore:
+        if kind == "local":
+            from qdrant_client import QdrantClient
+
+            store = ServerChunkStore(QdrantClient(path=str(tmp_path / "local")), QdrantSettings())
+        else:
+            store = open_chunk_store(settings, tmp_path)
+        opened.append(store)
+        store.ensure_collection(DIM)
+        return store
+
+    open_store.kind = kind
+    yield open_store
+    for store in opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                store.close()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def store(opener: Opener) -> ChunkStore:
+    return opener()
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+
+def test_factory_picks_edge_without_url(tmp_path: Path) -> None:
+    store = open_chunk_store(QdrantSettings(), tmp_path)
+    try:
+        assert isinstance(store, EdgeChunkStore)
+        assert store.path == tmp_path / "qdrant"
+    finally:
+        store.close()
+
+
+def test_search_returns_best_first_with_the_chunk_fields(store: ChunkStore) -> None:
+    rng = np.random.default_rng(1)
+    chunks = make_chunks("acme", "guide", 1, unit(rng, 20))
+    store.upsert(chunks)
+    target = chunks[7]
+
+    hits = store.search("acme", target.vector, 5)
+
+    assert len(hits) == 5
+    assert hits[0].chunk_id == target.id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    top = hits[0]
+    assert (top.document_id, top.version, top.chunk_index) == ("guide", 1, 7)
+    assert (top.source, top.text) == ("guide.md", target.text)
+    assert top.metadata == {"lang": "en", "i": 7}
+    # Same order as exact cosine over the tenant's vectors.
+    vectors = np.array([c.vector for c in chunks])
+    expected = np.argsort(-(vectors @ np.asarray(target.vector)))[:5]
+    assert [h.chunk_index for h in hits] == expected.tolist()
+
+
+def test_a_tenant_never_sees_another_tenants_chunks(store: ChunkStore) -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 10)
+    # Same document ids, same versions, same vectors: only the tenant differs.
+    store.upsert(make_chunks("tenant-a", "shared", 1, vectors, text="A"))
+    store.upsert(make_chunks("tenant-b", "shared", 1, vectors[:3], text="B"))
+
+    hits = store.search("tenant-b", vectors[5].tolist(), 10)
+    assert len(hits) == 3 and all(h.text.startswith("B ") for h in hits)
+    assert {h.chunk_id for h in hits} == {chunk_id("tenant-b", "shared", 1, i) for i in range(3)}
+    assert store.search("tenant-c", vectors[5].tolist(), 10) == []
+    # Excluding nothing of its own does not widen a tenant's view.
+    assert len(store.search("tenant-b", vectors[5].tolist(), 10, exclude={("x", 1)})) == 3
+    assert store.count("tenant-a") == 10 and store.count("tenant-b") == 3
+
+    store.delete_document("tenant-b", "shared")
+    assert store.count("tenant-b") == 0
+    assert store.count("tenant-a", "shared") == 10
+
+    with pytest.raises(ValueError):
+        store.search("", vectors[0].tolist(), 5)
+
+
+def test_exclude_hides_exactly_the_given_versions(store: ChunkStore) -> None:
+    rng = np.random.default_rng(3)
+    store.upsert(make_chunks("acme", "policy", 1, unit(rng, 4), text="old"))
+    store.upsert(make_chunks("acme", "policy", 2, unit(rng, 4), text="new"))
+    store.upsert(make_chunks("acme", "faq", 1, unit(rng, 4), text="faq"))
+    q = unit(rng)[0].tolist()
+
+    def versions(**kw) -> set[tuple[str, int]]:
+        return {(h.document_id, h.version) for h in store.search("acme", q, 20, **kw)}
+
+    assert versions() == {("policy", 1), ("policy", 2), ("faq", 1)}
+    assert versions(exclude={("policy", 1)}) == {("policy", 2), ("faq", 1)}
+    assert versions(exclude=[("policy", 1), ("policy", 2)]) == {("faq", 1)}
+    assert versions(exclude={("policy", 3), ("other", 1)}) == {
+        ("policy", 1),
+        ("policy", 2),
+        ("faq", 1),
+    }
+
+
+def test_delete_version_and_delete_document(store: ChunkStore) -> None:
+    rng = np.random.default_rng(4)
+    store.upsert(make_chunks("acme", "policy", 1, unit(rng, 5)))
+    store.upsert(make_chunks("acme", "policy", 2, unit(rng, 3)))
+    store.upsert(make_chunks("acme", "faq", 1, unit(rng, 2)))
+    store.upsert(make_chunks("other", "policy", 1, unit(rng, 2)))
+    assert store.count("acme", "policy", 1) == 5 and store.count("acme", "policy") == 8
+
+    store.delete_version("acme", "policy", 1)
+    assert store.count("acme", "policy", 1) == 0
+    assert store.count("acme", "policy", 2) == 3
+    assert store.count("other", "policy", 1) == 2  # same document id, other tenant: untouched
+    hits = store.search("acme", unit(rng)[0].tolist(), 20)
+    assert {(h.document_id, h.version) for h in hits} == {("policy", 2), ("faq", 1)}
+
+    store.delete_document("acme", "policy")
+    assert store.count("acme") == 2 and store.count("other") == 2
+    store.delete_document("acme", "never-uploaded")  # deleting nothing is fine
+    store.delete_version("nobody", "policy", 1)
+
+
+def test_reupserting_the_same_chunks_overwrites(store: ChunkStore) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 6)
+    store.upsert(make_chunks("acme", "guide", 3, vectors, text="first"))
+    store.upsert(make_chunks("acme", "guide", 3, vectors, text="second"))  # a re-run job
+
+    assert store.count("acme") == 6 and store.count("acme", "guide", 3) == 6
+    hits = store.search("acme", vectors[0].tolist(), 6)
+    assert len(hits) == 6 and all(h.text.startswith("second ") for h in hits)
+
+
+def test_min_score_drops_weaker_hits(store: ChunkStore) -> None:
+    rng = np.random.default_rng(6)
+    base = unit(rng)[0]
+    # Cosine to `base` of about 0.95, 0.7, 0.4, 0.1.
+    noise = unit(rng, 4)
+    vectors = []
+    for target, n in zip([0.95, 0.7, 0.4, 0.1], noise, strict=True):
+        orth = n - (n @ base) * base
+        orth /= np.linalg.norm(orth)
+        vectors.append(target * base + np.sqrt(1 - target**2) * orth)
+    store.upsert(make_chunks("acme", "doc", 1, np.array(vectors)))
+
+    hits = store.search("acme", base.tolist(), 10, min_score=0.5)
+    assert [h.chunk_index for h in hits] == [0, 1]
+    assert all(h.score >= 0.5 for h in hits)
+    assert store.search("acme", base.tolist(), 10, min_score=0.99) == []
+    assert len(store.search("acme", base.tolist(), 10)) == 4
+
+
+def test_restart_finds_the_data(opener: Opener) -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 30)
+    store = opener()
+    store.upsert(make_chunks("acme", "guide", 1, vectors))
+    store.delete_version("acme", "guide", 0)
+    store.ping()
+    store.close()
+    with pytest.raises(VectorStoreError):
+        store.ping()  # a closed store is not ready
+
+    again = opener()
+    again.ping()
+    assert again.count("acme") == 30
+    assert again.search("acme", vectors[4].tolist(), 1)[0].chunk_index == 4
+    again.upsert(make_chunks("acme", "guide", 2, vectors[:2]))
+    assert again.count("acme") == 32
+
+
+def test_wrong_dimension_is_refused(store: ChunkStore) -> None:
+    rng = np.random.default_rng(8)
+    with pytest.raises(ValueError):
+        store.upsert(make_chunks("acme", "doc", 1, rng.standard_normal((1, 8))))
+    with pytest.raises(ValueError):
+        store.search("acme", [0.1] * 8, 5)
+    with pytest.raises(VectorStoreError):
+        store.ensure_collection(DIM * 2)
+
+
+# -- Edge specifics --------------------------------------------------------------------------
+
+
+def test_edge_folder_is_owned_by_one_store(tmp_path: Path) -> None:
+    settings = QdrantSettings(path=tmp_path / "q")
+    first = open_chunk_store(settings, tmp_path)
+    first.ensure_collection(DIM)
+    try:
+        with pytest.raises(Exception, match="WAL"):
+            open_chunk_store(settings, tmp_path)
+    finally:
+        first.close()
+    open_chunk_store(settings, tmp_path).close()  # free again once closed
+
+
+def test_edge_filtered_recall_vs_exact_search(tmp_path: Path) -> None:
+    """Filtered top-5 against numpy brute force over the tenant's vectors, through the HNSW path.
+
+    Small thresholds make this small collection take the path a big one takes: segments get
+    HNSW indexes and every tenant is above the full-scan threshold, so queries walk the
+    per-tenant graph rather than scanning the tenant exactly. The search parameters are the
+    defaults (hnsw_ef, ACORN off): the recall goal holds for what production runs.
+    """
+    rng = np.random.default_rng(9)
+    n, tenants = 4000, 20
+    settings = QdrantSettings(
+        path=tmp_path / "q",
+        full_scan_threshold_kb=50,  # ~33 vectors: every tenant (~200) gets its own graph
+        indexing_threshold_kb=100,
+        optimize_after_points=n,  # the last batch triggers the optimizer
+    )
+    store = open_chunk_store(settings, tmp_path)
+    try:
+        store.ensure_collection(DIM)
+        vectors = unit(rng, n)
+        owner = rng.integers(0, tenants, n)
+        chunks = [
+            Chunk(
+                id=chunk_id(f"t{owner[i]}", "d", 1, i),
+                tenant_id=f"t{owner[i]}",
+                document_id="d",
+                version=1,
+                chunk_index=i,
+                text="",
+                source="d.txt",
+                vector=vectors[i].tolist(),
+                metadata={},
+            )
+            for i in range(n)
+        ]
+        for start in range(0, n, 500):
+            store.upsert(chunks[start : start + 500])
+        info = store._shard.info()
+        assert info.indexed_vectors_count == n, "the optimizer ran and indexed every vector"
+
+        found = short = 0
+        queries = 100
+        for qi in range(queries):
+            tenant = qi % tenants
+            q = unit(rng)[0]
+            mine = np.flatnonzero(owner == tenant)
+            exact = set(mine[np.argsort(-(vectors[mine] @ q))[:5]].tolist())
+            hits = store.search(f"t{tenant}", q.tolist(), 5)
+            short += len(hits) < 5
+            found += len(exact & {h.chunk_index for h in hits})
+        recall = found / (5 * queries)
+        assert short == 0
+        assert recall >= 0.99, f"filtered top-5 recall {recall:.3f}"
+    finally:
+        store.close()

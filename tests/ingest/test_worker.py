@@ -1,0 +1,178 @@
+"""The durable job queue and the worker, on SQLite and on the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from service.registry.db import Registry
+from service.registry.models import Job
+from tests.ingest.kb import (
+    docs_service,
+    long_text,
+    make_worker,
+    open_store,
+    postgres_available,
+    registry_url,
+    setup_tenant,
+    upload_text,
+)
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    if request.param == "postgres" and not postgres_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    url, cleanup = registry_url(request.param, tmp_path)
+    registry = Registry(url)
+    registry.migrate()
+    yield request.param, registry, url
+    registry.dispose()
+    cleanup()
+
+
+def test_two_workers_race_over_20_jobs_each_indexed_once(backend, tmp_path):
+    kind, registry, url = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    jobs = [upload_text(docs, tenant, f"doc{i}.txt", long_text(f"topic{i}", 3))["job_id"]
+            for i in range(20)]
+    # Two workers, each with its own registry connection pool, as two processes would have.
+    registries = [Registry(url), Registry(url)]
+    workers = [make_worker(r, store) for r in registries]
+    claimed: list[tuple[str, str]] = []
+    for w in workers:
+        original = w.claim
+
+        def claim(w=w, original=original):
+            job = original()
+            if job is not None:
+                claimed.append((w.worker_id, job.id))
+            return job
+
+        w.claim = claim
+    threads = [threading.Thread(target=_drain, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    claimed_ids = [job_id for _, job_id in claimed]
+    assert sorted(claimed_ids) == sorted(jobs), "a job was lost or claimed twice"
+    assert len({w for w, _ in claimed}) == 2, "both workers should have taken jobs"
+    with registry.session() as s:
+        rows = s.execute(select(Job.state, Job.attempts, Job.chunks)).all()
+    assert all(r.state == "succeeded" and r.attempts == 1 for r in rows), rows
+    for job_id in jobs:
+        (doc,) = docs.get_job(tenant, job_id)["documents"]
+        assert doc["state"] == "current" and doc["chunks"] > 0
+        assert store.count(tenant, doc["document_id"]) == doc["chunks"]  # indexed once
+    assert store.count(tenant) == sum(r.chunks for r in rows)
+    for r in registries:
+        r.dispose()
+    store.close()
+
+
+def _drain(worker) -> None:
+    deadline = time.monotonic() + 120
+    idle = 0
+    while time.monotonic() < deadline and idle < 3:
+        idle = 0 if worker.run_once() else idle + 1
+        if idle:
+            time.sleep(0.05)
+
+
+def test_failed_attempts_back_off_and_give_up_with_the_error(backend, tmp_path):
+    kind, registry, _ = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    job_id = upload_text(docs, tenant, "a.txt", "some text about things")["job_id"]
+    worker = make_worker(registry, store, backoff_s=0.01, max_attempts=3)
+    worker.pipeline.run = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("embedder on fire"))
+    for _ in range(3):
+        assert worker.run_once()
+        time.sleep(0.05)
+    assert not worker.run_once()  # nothing left to claim
+    job = docs.get_job(tenant, job_id)
+    assert job["state"] == "failed" and job["attempts"] == 3
+    assert "embedder on fire" in job["error"]
+    assert job["documents"][0]["state"] == "failed"
+    assert store.count(tenant) == 0
+    store.close()
+
+
+CRASHING_WORKER = """
+import os, sys, time
+from pathlib import Path
+from service.registry.db import Registry
+from tests.ingest.kb import make_worker, open_store
+registry = Registry(sys.argv[1])
+store = open_store(Path(sys.argv[2]))
+worker = make_worker(registry, store, upsert_batch=4, lease_s=2.0)
+def after_batch(job, version, done):
+    Path(sys.argv[3]).write_text(str(done))
+    time.sleep(600)  # wait here to be killed mid-job
+worker.after_batch = after_batch
+worker.run_once()
+"""
+
+
+def test_worker_killed_mid_job_leaves_exactly_the_documents_chunks(backend, tmp_path):
+    kind, registry, url = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    body = long_text("ledger", 90)
+    job_id = upload_text(docs, tenant, "ledger.txt", body)["job_id"]
+    expected = len(make_worker(registry, store).pipeline.split(_sections(body)))
+    assert expected > 8, "the document must span several batches"
+    store.close()  # the embedded store is one process's at a time
+
+    marker = tmp_path / "batch-done"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WORKER, url, str(tmp_path), str(marker)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "the worker never reached its first batch"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    store = open_store(tmp_path)
+    assert 0 < store.count(tenant, "ledger") < expected  # half-written, and hidden from readers
+    assert docs.hidden_versions(tenant) == [("ledger", 1)]
+    worker = make_worker(registry, store, lease_s=2.0)
+    deadline = time.monotonic() + 30
+    while docs.get_job(tenant, job_id)["state"] != "succeeded" and time.monotonic() < deadline:
+        worker.run_once()
+        time.sleep(0.2)
+    job = docs.get_job(tenant, job_id)
+    assert job["state"] == "succeeded" and job["attempts"] == 2, job
+    assert job["chunks"] == expected
+    assert store.count(tenant, "ledger") == expected  # no duplicates, nothing missing
+    assert docs.hidden_versions(tenant) == []
+    store.close()
+
+
+def _sections(body: str):
+    from ingest.readers import Section
+
+    return [Section(body)]
