@@ -116,6 +116,18 @@ def copy_capped(src: BinaryIO, target: Path, budget: _Budget) -> None:
             out.write(chunk)
 
 
+def copy_capped_file(src: BinaryIO, target: Path, max_bytes: int) -> None:
+    """Store an uploaded archive, refusing it as soon as it passes `max_bytes`."""
+    try:
+        copy_capped(src, target, _Budget(max_bytes))
+    except AdapterError as e:
+        target.unlink(missing_ok=True)
+        raise _err(
+            "archive_too_large",
+            f"the upload is larger than {max_bytes} bytes, this server's limit for an adapter",
+        ) from e
+
+
 class _CappedStream(io.RawIOBase):
     """A read-only stream that refuses to yield more than `cap` bytes (decompressed tar data)."""
 

@@ -35,6 +35,9 @@ ADAPTER_ERROR_CODES = frozenset(
         "invalid_weights",
         "tensor_shape_mismatch",
         "unexpected_tensors",
+        # the engine
+        "engine_rejected_adapter",
+        "adapter_not_readable_by_engine",
     }
 )
 

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from adapters.engine import EngineAdapters
+from adapters.service import AdapterService
 from service.chat import ChatService
 from service.documents import DocumentService
 from service.engine.model import prepare_model
@@ -23,7 +25,8 @@ from service.metrics import Metrics
 from service.observability import RequestContextMiddleware
 from service.rag import Retriever
 from service.registry.db import Registry
-from service.routes import chat, documents, health, tenants
+from service.routes import adapters, chat, documents, health, tenants
+from service.routing import Router
 from service.settings import Settings
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
@@ -74,6 +77,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await pool.start()
         docs = DocumentService(registry, settings.data_dir / "uploads", settings.documents)
+        engines = EngineAdapters(
+            pool,
+            max_resident=settings.adapters.max_resident,
+            load_timeout_s=settings.adapters.load_timeout_s,
+            metrics=metrics,
+        )
+        adapter_service = AdapterService(registry, engines, settings, embed_texts=embedder.texts)
+        router = Router(Retriever(store, embedder, docs), adapter_service, metrics)
         state = State(
             settings=settings,
             metrics=metrics,
@@ -81,10 +92,10 @@ def create_app(settings: Settings) -> FastAPI:
             tenants=TenantService(registry),
             pool=pool,
             chat=ChatService(
-                pool, metrics, settings.limits, settings.base_model_name,
-                Retriever(store, embedder, docs),
+                pool, metrics, settings.limits, settings.base_model_name, router, adapter_service
             ),
             documents=docs,
+            adapters=adapter_service,
             store=store,
             admin_key_digest=hashlib.sha256(resolve_admin_key(settings).encode()).hexdigest(),
             supervisor=supervisor,
@@ -98,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await pool.check_all()
 
             supervisor.on_change = _on_engine_change
+        reconciler = start_reconciler(adapter_service, pool, settings.adapters.reconcile_interval_s)
         worker_thread = None
         if settings.worker.embedded:
             worker_thread = start_worker_thread(state, embedder)
@@ -106,6 +118,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            reconciler.cancel()
+            await adapter_service.close()
             if worker_thread is not None:
                 state.worker.stop.set()
                 state.worker.wake.set()
@@ -128,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tenants.me_router)
     app.include_router(chat.router)
     app.include_router(documents.router)
+    app.include_router(adapters.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -139,7 +154,10 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.limits.max_request_bytes,
-        body_limits={"/v1/documents": settings.documents.max_upload_bytes},
+        body_limits={
+            "/v1/documents": settings.documents.max_upload_bytes,
+            "/v1/adapters": settings.adapters.max_archive_bytes + (1 << 20),
+        },
     )
     return app
 
@@ -161,3 +179,28 @@ def start_worker_thread(state: State, embedder) -> threading.Thread:
     )
     thread.start()
     return thread
+
+
+def start_reconciler(adapters: AdapterService, pool: EnginePool, interval_s: float) -> asyncio.Task:
+    """Every replica holds the registry's adapters: now, every `interval_s`, and as soon as a
+    replica comes (back) up (a restarted vLLM has forgotten them)."""
+    kick = asyncio.Event()
+    kick.set()  # at start-up
+
+    def on_health(replica, up: bool) -> None:
+        if up:
+            kick.set()
+
+    pool.on_health_change.append(on_health)
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), interval_s)
+            kick.clear()
+            try:
+                await adapters.reconcile()
+            except Exception:  # noqa: BLE001 - a registry or engine hiccup: next round
+                log.exception("adapter reconcile failed")
+
+    return asyncio.create_task(loop(), name="adapter-reconcile")

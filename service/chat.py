@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.context import fit_to_budget, with_context
+from adapters.service import AdapterService, ServedAdapter
+from service.context import with_context
 from service.errors import APIError, InvalidRequest, NotFound, UpstreamError, error_body
-from service.llm.pool import EnginePool
+from service.llm.pool import EnginePool, ModelNotLoaded
 from service.metrics import Metrics
-from service.policy import RouteDecision, decide_auto, requested_path
-from service.rag import RetrievalUnavailable, Retriever, citations
+from service.policy import RouteDecision
+from service.routing import Routed, Router
 from service.settings import LimitSettings
 from service.tenants import TenantView
 
@@ -69,6 +72,23 @@ class ChatRequest(BaseModel):
         return n
 
 
+@dataclass
+class Prepared:
+    """A request ready for the engine: where it goes, why, and what it cites."""
+
+    routed: Routed
+    body: dict
+    tenant_id: str
+
+    @property
+    def decision(self) -> RouteDecision:
+        return self.routed.decision
+
+    @property
+    def adapter(self) -> ServedAdapter | None:
+        return self.routed.adapter
+
+
 class ChatService:
     def __init__(
         self,
@@ -76,11 +96,12 @@ class ChatService:
         metrics: Metrics,
         limits: LimitSettings,
         base_model: str,
-        retriever: Retriever,
+        router: Router,
+        adapters: AdapterService | None = None,
     ) -> None:
         self.pool = pool
-        self.retriever = retriever
-        self.count_tokens = retriever.embedder.count_tokens
+        self.router = router
+        self.adapters = adapters
         self.metrics = metrics
         self.limits = limits
         self.base_model = base_model
@@ -109,36 +130,35 @@ class ChatService:
             )
         return max_tokens
 
-    def _resolve_model(self, req: ChatRequest) -> None:
-        if req.model in (None, "", "auto", self.base_model):
-            return
+    async def _named_adapter(self, tenant_id: str, model: str | None) -> ServedAdapter | None:
+        """`model`: auto/base (None: the policy decides) or one of the tenant's adapters."""
+        if model in (None, "", "auto", self.base_model):
+            return None
+        if self.adapters is not None:
+            found = await asyncio.to_thread(self.adapters.served, tenant_id, model)
+            if found:
+                return found[0]
+        # Another tenant's adapter is exactly as unknown as a name nobody registered.
         raise NotFound(
-            f"The model '{req.model}' does not exist or you do not have access to it.",
+            f"The model '{model}' does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )
 
-    async def prepare(
-        self, tenant: TenantView, req: ChatRequest
-    ) -> tuple[RouteDecision, dict, list[dict]]:
+    async def prepare(self, tenant: TenantView, req: ChatRequest) -> Prepared:
         """Decide the path, retrieve where it needs it, and build the engine request."""
         max_tokens = self._check_limits(req)
-        self._resolve_model(req)
+        named = await self._named_adapter(tenant.id, req.model)
         policy = tenant.policy
-        wanted = requested_path(policy, req.route)
-        context: list[str] = []
-        cited: list[dict] = []
-        if wanted == "prompt":
-            why = _forced_why("prompt", req.route)
-            decision = RouteDecision("prompt", why)
-        else:
-            decision, context, cited = await self._with_retrieval(tenant, req, wanted)
+        routed = await self.router.route(
+            tenant.id, policy, _last_user_text(req.messages), req.route, named
+        )
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         if policy.system_prompt:
             messages = _with_system_prompt(messages, policy.system_prompt)
-        messages = with_context(messages, context)
+        messages = with_context(messages, routed.context)
         body: dict[str, Any] = {
-            "model": self.base_model,
+            "model": routed.adapter.engine_name if routed.adapter else self.base_model,
             "messages": messages,
             "max_tokens": max_tokens,
         }
@@ -146,103 +166,112 @@ class ChatService:
             value = getattr(req, name, None)
             if value is not None:
                 body[name] = value
-        return decision, body, cited
+        return Prepared(routed, body, tenant.id)
 
-    async def _with_retrieval(self, tenant: TenantView, req: ChatRequest, wanted: str):
-        policy = tenant.policy
-        query = _last_user_text(req.messages)
-        try:
-            retrieval = await asyncio.to_thread(
-                self.retriever.retrieve, tenant.id, query, policy.top_k
-            )
-        except RetrievalUnavailable as exc:
-            if policy.on_retrieval_error == "fail":
-                raise
-            reason = (
-                f"the knowledge base is unavailable ({exc.message}); degraded to the prompt path "
-                "as the tenant's policy allows"
-            )
-            return RouteDecision("prompt", reason, signals={"retrieval": "down"}), [], []
-        self.metrics.observe_retrieval(retrieval.seconds)
-        if wanted == "auto":
-            decision = decide_auto(policy, retrieval.top_score)
-        else:
-            why = _forced_why("rag", req.route)
-            top = retrieval.top_score
-            decision = RouteDecision("rag", why, signals={"top_score": _round(top)})
-        if decision.path != "rag":
-            return decision, [], []
-        hits = [h for h in retrieval.hits if h.score >= policy.min_score]
-        texts = fit_to_budget([h.text for h in hits], policy.context_max_tokens, self.count_tokens)
-        if not texts:
-            decision.reason += (
-                f"; no chunk scored above the floor {policy.min_score:.2f}, "
-                "so the model answers without context"
-            )
-        decision.signals["chunks"] = len(texts)
-        cited = citations(hits[: len(texts)])
-        for c, text in zip(cited, texts, strict=True):
-            c["text"] = text
-        return decision, texts, cited
+    def _served_as(self, p: Prepared) -> str:
+        return p.adapter.name if p.adapter else self.base_model
 
-    async def complete(self, decision: RouteDecision, body: dict, cited: list[dict]) -> dict:
+    @contextlib.asynccontextmanager
+    async def _engine_slot(self, p: Prepared) -> AsyncIterator[None]:
+        """For adapter requests: the adapter is loaded everywhere and stays while this runs."""
+        if p.adapter is None:
+            yield
+            return
+        engines = self.adapters.engines
+        await engines.ensure(p.adapter.engine_name, p.adapter.path)
+        self.metrics.count_adapter_request(p.adapter.label)
+        async with engines.use(p.adapter.engine_name):
+            yield
+
+    async def _reroute_adapter(self, p: Prepared) -> None:
+        """The replica lacked the adapter (another API process evicted it, or it was swapped
+        for a newer version meanwhile): take the adapter's current version and load it."""
+        self.adapters.engines.forget(p.adapter.engine_name)
+        now = await asyncio.to_thread(self.adapters.served, p.tenant_id, p.adapter.name)
+        if not now:
+            raise NotFound(f"The model '{p.adapter.name}' does not exist any more.",
+                           code="model_not_found", param="model")
+        p.routed.adapter = now[0]
+        p.routed.decision.adapter = now[0].label
+        p.body["model"] = now[0].engine_name
+
+    async def complete(self, p: Prepared) -> dict:
         started = time.perf_counter()
         status = "5xx"
+        path = p.decision.path
         try:
-            out = await self.pool.post_json("/v1/chat/completions", body)
+            for attempt in (1, 2):
+                try:
+                    async with self._engine_slot(p):
+                        out = await self.pool.post_json("/v1/chat/completions", p.body)
+                    break
+                except ModelNotLoaded:
+                    if p.adapter is None or attempt == 2:
+                        raise
+                    await self._reroute_adapter(p)
             status = "2xx"
         except APIError as exc:
             status = f"{exc.status // 100}xx"
             raise
         finally:
-            self.metrics.observe_chat(decision.path, status, time.perf_counter() - started)
-        out["model"] = self.base_model
-        out["route"] = decision.as_dict()
-        out["citations"] = cited
+            self.metrics.observe_chat(path, status, time.perf_counter() - started)
+        out["model"] = self._served_as(p)
+        out["route"] = p.decision.as_dict()
+        out["citations"] = p.routed.cited
         usage = out.get("usage") or {}
         self.metrics.count_tokens(
-            decision.path, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            path, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         )
         return out
 
-    async def stream(
-        self, decision: RouteDecision, body: dict, cited: list[dict], include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
         """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].
         A failure after the first byte ends the stream with an error event, never a silent cut."""
-        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        body = {**p.body, "stream": True, "stream_options": {"include_usage": True}}
+        path = p.decision.path
         started = time.perf_counter()
         first = True
         status = "2xx"
         try:
-            async for data in self.pool.stream("/v1/chat/completions", body):
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    err = chunk["error"]
-                    raise UpstreamError(err.get("message", "the LLM engine failed mid-stream"))
-                if first:
-                    self.metrics.observe_ttft(decision.path, time.perf_counter() - started)
-                    chunk["route"] = decision.as_dict()
-                    chunk["citations"] = cited
-                    first = False
-                chunk["model"] = self.base_model
-                usage = chunk.get("usage")
-                if usage and not chunk.get("choices"):
-                    self.metrics.count_tokens(
-                        decision.path,
-                        usage.get("prompt_tokens", 0),
-                        usage.get("completion_tokens", 0),
-                    )
-                    if not include_usage:
-                        continue
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            for attempt in (1, 2):
+                try:
+                    async with self._engine_slot(p):
+                        body["model"] = p.body["model"]
+                        async for data in self.pool.stream("/v1/chat/completions", body):
+                            chunk = orjson.loads(data)
+                            if "error" in chunk:
+                                err = chunk["error"]
+                                raise UpstreamError(
+                                    err.get("message", "the LLM engine failed mid-stream")
+                                )
+                            if first:
+                                self.metrics.observe_ttft(path, time.perf_counter() - started)
+                                chunk["route"] = p.decision.as_dict()
+                                chunk["citations"] = p.routed.cited
+                                first = False
+                            chunk["model"] = self._served_as(p)
+                            usage = chunk.get("usage")
+                            if usage and not chunk.get("choices"):
+                                self.metrics.count_tokens(
+                                    path,
+                                    usage.get("prompt_tokens", 0),
+                                    usage.get("completion_tokens", 0),
+                                )
+                                if not include_usage:
+                                    continue
+                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    break
+                except ModelNotLoaded:
+                    if p.adapter is None or attempt == 2 or not first:
+                        raise
+                    await self._reroute_adapter(p)
         except APIError as exc:
             status = f"{exc.status // 100}xx"
             if first:
                 raise
             yield b"data: " + orjson.dumps(error_body(exc.message, exc.type, exc.code)) + b"\n\n"
         finally:
-            self.metrics.observe_chat(decision.path, status, time.perf_counter() - started)
+            self.metrics.observe_chat(path, status, time.perf_counter() - started)
         yield b"data: [DONE]\n\n"
 
 
@@ -251,16 +280,6 @@ def _last_user_text(messages: list[Message]) -> str:
         if m.role == "user":
             return m.text()
     return messages[-1].text()
-
-
-def _forced_why(path: str, route: str | None) -> str:
-    if route:
-        return f"the request forced route '{path}'"
-    return f"the tenant's policy mode is '{path}'"
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
 
 
 def _with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:

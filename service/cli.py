@@ -11,6 +11,15 @@ app = typer.Typer(no_args_is_help=True, help="ragtune: hybrid RAG + LoRA LLM ser
 model_app = typer.Typer(no_args_is_help=True, help="The base model the engine serves.")
 app.add_typer(model_app, name="model")
 
+
+def _register_adapters() -> None:
+    from adapters.cli import adapters_app
+
+    app.add_typer(adapters_app, name="adapters")
+
+
+_register_adapters()
+
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")]
 
 

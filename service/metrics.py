@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# Adapter names are tenants' choice: a bounded number of them become label values.
+MAX_ADAPTER_LABELS = 50
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -69,6 +71,39 @@ class Metrics:
         self.chunks_indexed = Counter(
             "ragtune_chunks_indexed", "Chunks written to the vector store", registry=r
         )
+
+        self.adapter_loads = Counter(
+            "ragtune_adapter_loads", "Adapter loads into a vLLM replica", registry=r
+        )
+        self.adapter_unloads = Counter(
+            "ragtune_adapter_unloads", "Adapter unloads from a vLLM replica", registry=r
+        )
+        self.adapter_load_latency = Histogram(
+            "ragtune_adapter_load_duration_seconds",
+            "One runtime LoRA load into one replica",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.adapters_loaded = Gauge(
+            "ragtune_adapters_loaded", "ragtune's adapters held by each replica (by index)",
+            ["replica"], registry=r,
+        )
+        self.adapter_requests = Counter(
+            "ragtune_adapter_requests",
+            f"Chat requests by adapter (the first {MAX_ADAPTER_LABELS} adapters seen by this "
+            "process get their own label, the rest count as 'other')",
+            ["adapter"], registry=r,
+        )
+        self._adapter_labels: set[str] = set()
+
+    def observe_adapter_load(self, seconds: float) -> None:
+        self.adapter_loads.inc()
+        self.adapter_load_latency.observe(seconds)
+
+    def count_adapter_request(self, adapter: str) -> None:
+        if adapter not in self._adapter_labels and len(self._adapter_labels) < MAX_ADAPTER_LABELS:
+            self._adapter_labels.add(adapter)
+        self.adapter_requests.labels(adapter if adapter in self._adapter_labels else "other").inc()
 
     def observe_retrieval(self, seconds: float) -> None:
         self.retrieval_latency.observe(seconds)

@@ -10,8 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.errors import InvalidRequest
 
 Path = Literal["prompt", "rag", "adapter_rag"]
-# Paths this server can serve today; adapters (adapter_rag) add theirs.
-SERVED_PATHS: tuple[Path, ...] = ("prompt", "rag")
 
 
 class Policy(BaseModel):
@@ -32,6 +30,18 @@ class Policy(BaseModel):
     )
     on_retrieval_error: Literal["fail", "degrade"] = Field(
         "degrade", description="When the knowledge base is down: 503, or answer on the prompt path."
+    )
+    adapter: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "The adapter for mode/route 'adapter_rag'. Unset: the tenant's adapter whose "
+            "description and examples best match the query."
+        ),
+    )
+    adapter_match_min: float = Field(
+        0.5, ge=-1, le=1,
+        description="auto: a query this similar to an adapter's examples takes that adapter.",
     )
 
 
@@ -60,37 +70,53 @@ def requested_path(policy: Policy, forced: Path | None) -> Path | Literal["auto"
                 code="route_not_allowed",
                 param="route",
             )
-        _require_served(forced, "route")
         return forced
-    if policy.mode != "auto":
-        _require_served(policy.mode, "policy.mode")
     return policy.mode
 
 
-def decide_auto(policy: Policy, top_score: float | None) -> RouteDecision:
-    """The automatic rule for now: the knowledge base answers when its best chunk clears the
-    tenant's score floor; otherwise the base model answers alone."""
-    signals = {"top_score": None if top_score is None else round(top_score, 4)}
+def decide_auto(
+    policy: Policy, top_score: float | None, adapter_match: tuple[str, float] | None
+) -> RouteDecision:
+    """The automatic rule: an adapter whose declared purpose matches the query takes it (with
+    retrieval for the facts); else the knowledge base answers when its best chunk clears the
+    tenant's floor; else the base model answers alone. `adapter_match`: (label, similarity)
+    of the best-matching adapter, None when the tenant has none."""
+    signals: dict = {"top_score": _round(top_score)}
+    if adapter_match is not None:
+        signals["adapter_match"] = _round(adapter_match[1])
+    if adapter_match is not None and adapter_match[1] >= policy.adapter_match_min:
+        label, score = adapter_match
+        return RouteDecision(
+            "adapter_rag",
+            f"auto: the query matches adapter {label}'s purpose at {score:.2f} "
+            f"≥ the tenant's adapter threshold {policy.adapter_match_min:.2f}",
+            adapter=label,
+            signals=signals,
+        )
+    adapter_note = (
+        f"no adapter matches (best {adapter_match[1]:.2f} < {policy.adapter_match_min:.2f}); "
+        if adapter_match is not None
+        else ""
+    )
     if top_score is None:
-        return RouteDecision("prompt", "auto: the tenant's knowledge base has nothing indexed",
-                             signals=signals)
+        return RouteDecision(
+            "prompt", f"auto: {adapter_note}the tenant's knowledge base has nothing indexed",
+            signals=signals,
+        )
     if top_score >= policy.min_score:
         return RouteDecision(
             "rag",
-            f"auto: the best knowledge-base match scores {top_score:.2f} "
+            f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
             f"≥ the tenant's floor {policy.min_score:.2f}",
             signals=signals,
         )
     return RouteDecision(
         "prompt",
-        f"auto: the best knowledge-base match scores {top_score:.2f} "
+        f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
         f"< the tenant's floor {policy.min_score:.2f}, so no retrieved context is relevant",
         signals=signals,
     )
 
 
-def _require_served(path: str, param: str) -> None:
-    if path not in SERVED_PATHS:
-        raise InvalidRequest(
-            f"route '{path}' is not available on this server", code="route_unavailable", param=param
-        )
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

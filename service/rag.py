@@ -37,8 +37,11 @@ class Retriever:
         self.embedder = embedder
         self.documents = documents
 
-    def retrieve(self, tenant_id: str, query: str, top_k: int) -> Retrieval:
-        """Sync (run it in a thread). Raises RetrievalUnavailable when the store fails."""
+    def retrieve(
+        self, tenant_id: str, query: str, top_k: int, vector: list[float] | None = None
+    ) -> Retrieval:
+        """Sync (run it in a thread). `vector`: the query's embedding, when the caller has it.
+        Raises RetrievalUnavailable when the store fails."""
         started = time.perf_counter()
         try:
             if not self.documents.has_documents(tenant_id):
@@ -46,7 +49,8 @@ class Retriever:
                 # tenants without a knowledge base).
                 return Retrieval([], time.perf_counter() - started)
             hidden = self.documents.hidden_versions(tenant_id)
-            vector = self.embedder.query(query)
+            if vector is None:
+                vector = self.embedder.query(query)
             hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)
         except APIError:
             raise

@@ -90,6 +90,36 @@ class DocumentLimits(BaseModel):
         return self.max_files * self.max_file_bytes + (1 << 20)
 
 
+class AdapterSettings(BaseModel):
+    """Tenants' LoRA adapters. vLLM loads them by path, so `root` must be the same path on the
+    engine's side (a shared volume at scale)."""
+
+    root: Path | None = Field(None, description="Adapter store. Unset: <data_dir>/adapters.")
+    max_archive_bytes: int = Field(512 << 20, description="Upload size cap (packed and unpacked).")
+    max_files: int = Field(32, description="Files an adapter archive may hold.")
+    max_examples: int = 50
+    max_example_chars: int = 2000
+    max_resident: int = Field(
+        32,
+        description=(
+            "Adapters registered at each vLLM replica at once; more are loaded on demand, the "
+            "least recently used going first (vLLM itself keeps --max-loras of them in its "
+            "batch slots and --max-cpu-loras in memory)."
+        ),
+    )
+    reconcile_interval_s: float = Field(
+        30.0, description="How often every replica is brought in step with the registry."
+    )
+    retire_grace_s: float = Field(
+        5.0,
+        description=(
+            "After a switch, the old version stays loaded this long and until this process's "
+            "requests on it end (other API replicas' requests started before the switch)."
+        ),
+    )
+    load_timeout_s: float = 120.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -116,6 +146,11 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     documents: DocumentLimits = Field(default_factory=DocumentLimits)
+    adapters: AdapterSettings = Field(default_factory=AdapterSettings)
+
+    @property
+    def resolved_adapters_root(self) -> Path:
+        return (self.adapters.root or self.data_dir / "adapters").resolve()
 
     @property
     def resolved_model_dir(self) -> Path:

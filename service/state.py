@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from adapters.service import AdapterService
 from service.chat import ChatService
 from service.documents import DocumentService
 from service.engine.supervisor import EngineSupervisor
@@ -33,6 +34,7 @@ class State:
     chat: ChatService
     admin_key_digest: str
     documents: DocumentService | None = None
+    adapters: AdapterService | None = None
     store: Any = None  # ingest.vector_store.ChunkStore
     supervisor: EngineSupervisor | None = None
     started_at: float = 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,10 @@ class FakeEngine:
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.healthy = True
+        self.base_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        self.loras: dict[str, str] = {}  # runtime-loaded adapters: name -> path
+        self.lora_calls: list[tuple[str, str]] = []  # ("load" | "unload", name)
+        self.refuse_loads = False  # answer loads as vLLM does when its loader fails
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -41,6 +46,9 @@ class FakeEngine:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload)
         runner = web.AppRunner(app)
         self._loop.run_until_complete(runner.setup())
         self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
@@ -50,9 +58,39 @@ class FakeEngine:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.healthy else 503)
 
+    async def _models(self, request: web.Request) -> web.Response:
+        cards = [{"id": self.base_model, "object": "model", "root": "/model", "parent": None}]
+        cards += [
+            {"id": n, "object": "model", "root": p, "parent": self.base_model}
+            for n, p in self.loras.items()
+        ]
+        return web.json_response({"object": "list", "data": cards})
+
+    async def _load(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, path = body["lora_name"], body["lora_path"]
+        self.lora_calls.append(("load", name))
+        if name in self.loras:
+            return _vllm_error(400, f"The lora adapter '{name}' has already been loaded.")
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            return _vllm_error(404, f"Loading lora {name} failed: No adapter found for {path}")
+        if self.refuse_loads:
+            return _vllm_error(500, "Loading lora failed: shapes do not match")
+        self.loras[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        name = (await request.json())["lora_name"]
+        self.lora_calls.append(("unload", name))
+        if self.loras.pop(name, None) is None:
+            return _vllm_error(404, f"The lora adapter '{name}' cannot be found.")
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if body["model"] != self.base_model and body["model"] not in self.loras:
+            return _vllm_error(404, f"The model `{body['model']}` does not exist.")
         messages = body["messages"]
         last = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
@@ -70,7 +108,9 @@ class FakeEngine:
             )
         if "CRASH" in last:
             return web.json_response({"error": {"message": "boom"}}, status=500)
-        text = f"echo: {system} | {last}"
+        # An adapter's answers name it, so tests see which one served them.
+        tag = f"[{body['model']}]" if body["model"] in self.loras else ""
+        text = f"echo{tag}: {system} | {last}"
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
@@ -113,6 +153,12 @@ class FakeEngine:
             await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+
+def _vllm_error(status: int, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "BadRequestError", "code": status}}, status=status
+    )
 
 
 def _free_port() -> int:

@@ -131,6 +131,21 @@ class EnginePool:
             finally:
                 replica.inflight -= 1
 
+    async def admin(
+        self, replica: Replica, method: str, path: str, body: dict | None = None,
+        timeout_s: float = 60.0,
+    ) -> tuple[int, bytes]:
+        """One request to one replica (the runtime LoRA endpoints, /v1/models): status and body.
+        Raises EngineUnavailable when the replica cannot be reached."""
+        try:
+            async with self._session.request(
+                method, f"{replica.url}{path}", json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise EngineUnavailable(f"engine replica {replica.url} did not answer: {exc}") from exc
+
     async def post_json(self, path: str, body: dict) -> dict:
         async with self._post(path, body) as resp:
             try:
@@ -158,6 +173,11 @@ class EnginePool:
             raise EngineUnavailable("the LLM engine closed the stream before it ended")
 
 
+class ModelNotLoaded(UpstreamError):
+    """The replica does not hold the model asked for (an adapter another process unloaded, or a
+    replica that restarted): the caller may load it and try again."""
+
+
 async def _upstream_error(resp: aiohttp.ClientResponse) -> APIError:
     raw = await resp.read()
     try:
@@ -178,5 +198,5 @@ async def _upstream_error(resp: aiohttp.ClientResponse) -> APIError:
     if resp.status in (502, 503, 504):
         return EngineUnavailable(f"the LLM engine is unavailable: {message}")
     if resp.status == 404:
-        return UpstreamError(f"the LLM engine does not serve this model: {message}")
+        return ModelNotLoaded(f"the LLM engine does not serve this model: {message}")
     return UpstreamError(f"the LLM engine failed ({resp.status}): {message}")

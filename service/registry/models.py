@@ -122,3 +122,54 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Adapter(Base):
+    """A tenant's named LoRA adapter; `current_version` is the one its traffic goes to.
+
+    state: live | deleting (hidden from the tenant while its versions leave the engines)."""
+
+    __tablename__ = "adapters"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    current_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="live")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class AdapterVersion(Base):
+    """One registered upload of an adapter, stored at `path` and served as `engine_name`.
+
+    state: loading (being loaded into the engines; never routed to) | ready (routable: the
+    current version, or an older one a rollback may switch back to) | retired (switched away
+    from: unloaded once its requests end; its files stay for rollback)."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "name"], ["adapters.tenant_id", "adapters.name"], ondelete="CASCADE"
+        ),
+        Index("ix_adapter_versions_state", "state"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    engine_name: Mapped[str] = mapped_column(String(160), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="loading")
+    path: Mapped[str] = mapped_column(String(1024))
+    base_model: Mapped[str] = mapped_column(String(255))
+    rank: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    examples: Mapped[list] = mapped_column(JSON, default=list)
+    # Embeddings of the description and examples (the policy's adapter-match signal).
+    example_vectors: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

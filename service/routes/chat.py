@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from starlette.responses import StreamingResponse
 
@@ -12,13 +14,13 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppState):
-    decision, engine_body, cited = await state.chat.prepare(tenant, body)
-    headers = {"X-Route": decision.path}
+    prepared = await state.chat.prepare(tenant, body)
+    headers = {"X-Route": prepared.decision.path}
     if not body.stream:
-        out = await state.chat.complete(decision, engine_body, cited)
+        out = await state.chat.complete(prepared)
         return ORJSONResponse(out, headers=headers)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    events = state.chat.stream(decision, engine_body, cited, include_usage)
+    events = state.chat.stream(prepared, include_usage)
     # Pull the first event before answering, so an engine that is down is a plain 503,
     # not a 200 stream that fails.
     first = await anext(events)
@@ -47,5 +49,17 @@ async def list_models(tenant: CurrentTenant, state: AppState) -> dict:
                 "parent": None,
                 "root": base,
             }
+        ]
+        + [
+            {
+                "id": a["name"],
+                "object": "model",
+                "created": created,
+                "owned_by": tenant.id,
+                "parent": base,
+                "root": base,
+                "version": a["version"],
+            }
+            for a in (await asyncio.to_thread(state.adapters.list, tenant.id))["data"]
         ],
     }

@@ -103,9 +103,9 @@ def test_unknown_model_is_404_model_not_found(client, tenant):
         assert chat(client, headers, model=model).status_code == 200
 
 
-def test_route_adapter_rag_not_served_yet_and_policy_can_forbid_forcing(client):
+def test_route_adapter_rag_needs_an_adapter_and_policy_can_forbid_forcing(client):
     _, headers = new_tenant(client)
-    assert_error(chat(client, headers, route="adapter_rag"), 400, "route_unavailable")
+    assert_error(chat(client, headers, route="adapter_rag"), 400, "adapter_unavailable")
     _, strict = new_tenant(client, {"allow_route_override": []})
     assert_error(chat(client, strict, route="prompt"), 400, "route_not_allowed")
 

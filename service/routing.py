@@ -1,0 +1,167 @@
+"""Per query: measure the signals the tenant's policy needs, decide the path, and gather the
+context that path gives the model.
+
+Signals: the retrieval top score over the tenant's current chunks, and the similarity of the
+query to each of the tenant's adapters' declared purpose (description and examples, embedded at
+registration). The query is embedded once and serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adapters.service import AdapterService, ServedAdapter
+from service.context import fit_to_budget
+from service.errors import InvalidRequest
+from service.metrics import Metrics
+from service.policy import Policy, RouteDecision, decide_auto, requested_path
+from service.rag import RetrievalUnavailable, Retriever, citations
+
+
+@dataclass
+class Routed:
+    decision: RouteDecision
+    adapter: ServedAdapter | None = None
+    context: list[str] = field(default_factory=list)
+    cited: list[dict] = field(default_factory=list)
+
+
+def best_match(vector, adapters: list[ServedAdapter]) -> tuple[ServedAdapter, float] | None:
+    """The adapter whose description/examples are nearest the query (cosine), and how near."""
+    best = None
+    q = np.asarray(vector, dtype=np.float32)
+    for a in adapters:
+        if not a.vectors:
+            continue
+        score = float((np.asarray(a.vectors, dtype=np.float32) @ q).max())
+        if best is None or score > best[1]:
+            best = (a, score)
+    return best
+
+
+class Router:
+    def __init__(
+        self, retriever: Retriever, adapters: AdapterService | None, metrics: Metrics
+    ) -> None:
+        self.retriever = retriever
+        self.adapters = adapters
+        self.metrics = metrics
+        self.count_tokens = retriever.embedder.count_tokens
+
+    async def route(
+        self, tenant_id: str, policy: Policy, query: str, forced: str | None,
+        named: ServedAdapter | None,
+    ) -> Routed:
+        wanted = "adapter_rag" if named is not None else requested_path(policy, forced)
+        why = _why(wanted, forced, named)
+        if wanted == "prompt":
+            return Routed(RouteDecision("prompt", why))
+        candidates: list[ServedAdapter] = []
+        if named is None and wanted in ("auto", "adapter_rag") and self.adapters is not None:
+            candidates = await asyncio.to_thread(self.adapters.served, tenant_id)
+        vector = None
+        if any(a.vectors for a in candidates):
+            vector = await asyncio.to_thread(self.retriever.embedder.query, query)
+        match = best_match(vector, candidates) if vector is not None else None
+
+        retrieval, down = None, None
+        try:
+            retrieval = await asyncio.to_thread(
+                self.retriever.retrieve, tenant_id, query, policy.top_k, vector
+            )
+            self.metrics.observe_retrieval(retrieval.seconds)
+        except RetrievalUnavailable as exc:
+            if policy.on_retrieval_error == "fail":
+                raise
+            down = exc
+        top = retrieval.top_score if retrieval else None
+
+        adapter = named
+        if wanted == "auto":
+            decision = decide_auto(policy, top, (match[0].label, match[1]) if match else None)
+            if decision.path == "adapter_rag":
+                adapter = match[0]
+        else:
+            if wanted == "adapter_rag" and adapter is None:
+                adapter, why = _pick_adapter(policy, candidates, match, why)
+            decision = RouteDecision(wanted, why, signals={"top_score": _round(top)})
+            if match is not None:
+                decision.signals["adapter_match"] = _round(match[1])
+        if adapter is not None:
+            decision.adapter = adapter.label
+        if down is not None:
+            return _degraded(decision, adapter, down)
+        if decision.path == "prompt":
+            return Routed(decision)
+        return self._with_context(decision, adapter, policy, retrieval)
+
+    def _with_context(self, decision, adapter, policy: Policy, retrieval) -> Routed:
+        hits = [h for h in retrieval.hits if h.score >= policy.min_score]
+        texts = fit_to_budget([h.text for h in hits], policy.context_max_tokens, self.count_tokens)
+        if not texts:
+            decision.reason += (
+                f"; no chunk scored above the floor {policy.min_score:.2f}, "
+                "so the model answers without context"
+            )
+        decision.signals["chunks"] = len(texts)
+        cited = citations(hits[: len(texts)])
+        for c, text in zip(cited, texts, strict=True):
+            c["text"] = text
+        return Routed(decision, adapter, texts, cited)
+
+
+def _pick_adapter(policy: Policy, candidates, match, why: str):
+    if policy.adapter is not None:
+        chosen = next((a for a in candidates if a.name == policy.adapter), None)
+        if chosen is None:
+            raise InvalidRequest(
+                f"the tenant's policy names adapter '{policy.adapter}', which is not registered "
+                "and ready",
+                code="adapter_unavailable",
+                param="route",
+            )
+        return chosen, f"{why}, with the policy's adapter {chosen.label}"
+    if match is not None:
+        return match[0], f"{why}, with the best-matching adapter {match[0].label}"
+    if len(candidates) == 1:
+        return candidates[0], f"{why}, with the tenant's only adapter {candidates[0].label}"
+    raise InvalidRequest(
+        "route 'adapter_rag' needs an adapter: "
+        + ("this tenant has none registered" if not candidates else
+           "name one with `model` or the policy's `adapter`"),
+        code="adapter_unavailable",
+        param="route",
+    )
+
+
+def _degraded(decision: RouteDecision, adapter, exc: RetrievalUnavailable) -> Routed:
+    decision.signals["retrieval"] = "down"
+    if adapter is not None:
+        decision.path = "adapter_rag"
+        decision.reason += (
+            f"; the knowledge base is unavailable ({exc.message}), so the adapter answers "
+            "without retrieved context, as the tenant's policy allows"
+        )
+        return Routed(decision, adapter)
+    reason = (
+        f"the knowledge base is unavailable ({exc.message}); degraded to the prompt path "
+        "as the tenant's policy allows"
+    )
+    return Routed(RouteDecision("prompt", reason, signals=decision.signals))
+
+
+def _why(wanted: str, forced: str | None, named: ServedAdapter | None) -> str:
+    if named is not None:
+        return f"the request named adapter {named.label} as its model"
+    if wanted == "auto":
+        return "auto"
+    if forced:
+        return f"the request forced route '{wanted}'"
+    return f"the tenant's policy mode is '{wanted}'"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
