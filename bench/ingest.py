@@ -9,13 +9,14 @@ Qdrant Edge store, renew the lease, switch the version, retire the previous one)
 makes it (so the same batches of `embedding.batch_size`). The ratio says how much of the
 embedding speed survives everything around it. Goal: >= 0.9.
 
-    .venv/bin/python bench/ingest.py [--docs 6] [--paragraphs 160] [--rounds 2] [--check]
+    .venv/bin/python bench/ingest.py [--docs 6] [--paragraphs 120] [--rounds 3] [--check]
 
-Rounds run in the order A B B A (A: the whole path, B: raw embedding), so a drift of a busy
-machine falls on both alike. Round 1 of the path indexes new documents; later rounds upload them
-again, so each is a replacement (a new version, the switch, the old version's points deleted).
-The corpus is generated from a seed: prose in several registers (policies, runbooks, minutes,
-manuals), as .md, .txt and .html files, so every file goes through its reader.
+Rounds run in the order A B, B A, A B ... (A: the whole path, B: raw embedding), so a drift of
+a busy machine falls on both alike; each round's own ratio is printed too, to show the noise.
+Round 1 of the path indexes new documents; later rounds upload them again, so each is a
+replacement (a new version, the switch, the old version's points deleted). The corpus is
+generated from a seed: prose in several registers (policies, runbooks, minutes, manuals), as
+.md, .txt and .html files, so every file goes through its reader.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import random
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -292,8 +294,8 @@ def rss_mb() -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--docs", type=int, default=6, help="documents in the corpus")
-    ap.add_argument("--paragraphs", type=int, default=160, help="paragraphs per document")
-    ap.add_argument("--rounds", type=int, default=2, help="measured rounds of each (A B B A ...)")
+    ap.add_argument("--paragraphs", type=int, default=120, help="paragraphs per document")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds of each (A B B A ...)")
     ap.add_argument("--retire-grace-s", type=float, default=0.01,
                     help="worker.retire_grace_s (the service default, 2 s, sleeps per replaced "
                          "document)")
@@ -336,7 +338,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     order = [("A", "B"), ("B", "A")]
     path_s = raw_s = 0.0
     path_chunks = 0
+    per_round: list[float] = []
     for r in range(args.rounds):
+        took = {}
         for kind in order[r % 2]:
             if kind == "A":
                 s, c = ingest_round(b, corpus)
@@ -344,6 +348,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
                     raise RuntimeError(f"the path indexed {c} chunks, the splitter made {n_chunks}")
                 path_s += s
                 path_chunks += c
+                took["A"] = s
                 print(f"  round {r + 1} upload->indexed  {s:6.1f}s  {c / s:6.1f} chunks/s"
                       + ("  (new documents)" if r == 0 else "  (replacing every document)"),
                       flush=True)
@@ -352,8 +357,10 @@ def run(args: argparse.Namespace, root: Path) -> int:
                 s = raw_round(b, texts)
                 b.stages.enabled = True
                 raw_s += s
+                took["B"] = s
                 print(f"  round {r + 1} raw embedding    {s:6.1f}s  {n_chunks / s:6.1f} chunks/s",
                       flush=True)
+        per_round.append(took["B"] / took["A"])  # same chunks: the time ratio is the rate ratio
     rss_end = rss_mb()
     stages = dict(b.stages.seconds)
 
@@ -369,6 +376,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     ratio = path_rate / raw_rate
     print(f"\nupload->indexed {path_rate:.1f} chunks/s, raw embedding {raw_rate:.1f} chunks/s "
           f"(same chunks, batch size {EmbeddingSettings().batch_size}): ratio {ratio:.3f}")
+    median = statistics.median(per_round)
+    print(f"ratio per round (A and B side by side): {' '.join(f'{x:.3f}' for x in per_round)}"
+          f"  (median {median:.3f}; their spread is the run's noise)")
     print(f"where the path's {path_s:.1f}s went (summed over its {args.rounds} rounds):")
     rows = [
         ("embed (Embedder.texts)", stages.pop("embed", 0.0)),
@@ -384,15 +394,20 @@ def run(args: argparse.Namespace, root: Path) -> int:
     rows.append(("rest (claim, version rows, job rows, ...)", path_s - sum(v for _, v in rows)))
     for label, secs in rows:
         print(f"  {label:72} {secs:6.2f}s  {100 * secs / path_s:5.1f}%")
+    embed_share = rows[0][1] / path_s
+    print(f"own time: {100 * (1 - embed_share):.1f}% of the path is outside Embedder.texts, so "
+          f"with embedding as fast as raw the ratio would be {embed_share:.3f} (immune to the "
+          "machine's noise)")
     print(
         f"peak memory: RSS (getrusage ru_maxrss, whole process incl. torch and the model) "
         f"{rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB after the measured rounds"
         + (f"; Python heap peak of one upload->indexed round (tracemalloc, excludes torch's "
            f"tensors) {traced_mb:.1f} MB" if traced_mb is not None else "")
     )
-    ok = ratio >= GOAL_RATIO
-    print(f"goal (upload->indexed >= {GOAL_RATIO} x raw embedding): "
-          f"{'MET' if ok else 'NOT MET'} (ratio {ratio:.3f})")
+    ok = median >= GOAL_RATIO
+    print(f"goal (upload->indexed >= {GOAL_RATIO} x raw embedding, median of the rounds): "
+          f"{'MET' if ok else 'NOT MET'} (median {median:.3f}, overall {ratio:.3f}, own-time "
+          f"bound {embed_share:.3f})")
     return 2 if args.check and not ok else 0
 
 
