@@ -103,8 +103,10 @@ class RagtuneProcess:
         engine_port: int,
         model_dir: Path | None = None,
         engine_python: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.extra_env = extra_env or {}
         self.admin_key = admin_key
         self.port = port
         self.engine_port = engine_port
@@ -130,6 +132,7 @@ class RagtuneProcess:
             env["RAGTUNE_MODEL_DIR"] = str(self.model_dir)
         if self.engine_python:
             env["RAGTUNE_ENGINE__PYTHON"] = self.engine_python
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

@@ -20,6 +20,7 @@ from service.documents import DocumentService
 from service.engine.model import prepare_model
 from service.engine.supervisor import EngineSupervisor
 from service.errors import install_error_handlers
+from service.limits import RateLimiter
 from service.llm.pool import EnginePool
 from service.metrics import Metrics
 from service.observability import RequestContextMiddleware
@@ -92,7 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
             tenants=TenantService(registry),
             pool=pool,
             chat=ChatService(
-                pool, metrics, settings.limits, settings.base_model_name, router, adapter_service
+                pool, metrics, settings.limits, settings.base_model_name, router, adapter_service,
+                RateLimiter(registry),
             ),
             documents=docs,
             adapters=adapter_service,

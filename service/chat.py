@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from adapters.service import AdapterService, ServedAdapter
 from service.context import with_context
 from service.errors import APIError, InvalidRequest, NotFound, UpstreamError, error_body
+from service.limits import RateLimiter
 from service.llm.pool import EnginePool, ModelNotLoaded
 from service.metrics import Metrics
-from service.policy import RouteDecision
+from service.policy import Policy, RouteDecision
 from service.routing import Routed, Router
 from service.settings import LimitSettings
 from service.tenants import TenantView
@@ -79,6 +80,7 @@ class Prepared:
     routed: Routed
     body: dict
     tenant_id: str
+    policy: Policy
 
     @property
     def decision(self) -> RouteDecision:
@@ -98,8 +100,10 @@ class ChatService:
         base_model: str,
         router: Router,
         adapters: AdapterService | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.pool = pool
+        self.limiter = limiter
         self.router = router
         self.adapters = adapters
         self.metrics = metrics
@@ -148,8 +152,10 @@ class ChatService:
     async def prepare(self, tenant: TenantView, req: ChatRequest) -> Prepared:
         """Decide the path, retrieve where it needs it, and build the engine request."""
         max_tokens = self._check_limits(req)
-        named = await self._named_adapter(tenant.id, req.model)
         policy = tenant.policy
+        if self.limiter is not None and (policy.requests_per_minute or policy.tokens_per_day):
+            await asyncio.to_thread(self.limiter.admit, tenant.id, policy)
+        named = await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
             tenant.id, policy, _last_user_text(req.messages), req.route, named
         )
@@ -166,7 +172,7 @@ class ChatService:
             value = getattr(req, name, None)
             if value is not None:
                 body[name] = value
-        return Prepared(routed, body, tenant.id)
+        return Prepared(routed, body, tenant.id, policy)
 
     def _served_as(self, p: Prepared) -> str:
         return p.adapter.name if p.adapter else self.base_model
@@ -218,11 +224,16 @@ class ChatService:
         out["model"] = self._served_as(p)
         out["route"] = p.decision.as_dict()
         out["citations"] = p.routed.cited
-        usage = out.get("usage") or {}
-        self.metrics.count_tokens(
-            path, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-        )
+        await self._count_usage(p, out.get("usage") or {})
         return out
+
+    async def _count_usage(self, p: Prepared, usage: dict) -> None:
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        self.metrics.count_tokens(p.decision.path, prompt, completion)
+        if self.limiter is not None and p.policy.tokens_per_day:
+            await asyncio.to_thread(
+                self.limiter.spend_tokens, p.tenant_id, p.policy, prompt + completion
+            )
 
     async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
         """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].
@@ -252,11 +263,7 @@ class ChatService:
                             chunk["model"] = self._served_as(p)
                             usage = chunk.get("usage")
                             if usage and not chunk.get("choices"):
-                                self.metrics.count_tokens(
-                                    path,
-                                    usage.get("prompt_tokens", 0),
-                                    usage.get("completion_tokens", 0),
-                                )
+                                await self._count_usage(p, usage)
                                 if not include_usage:
                                     continue
                             yield b"data: " + orjson.dumps(chunk) + b"\n\n"

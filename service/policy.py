@@ -39,6 +39,12 @@ class Policy(BaseModel):
             "description and examples best match the query."
         ),
     )
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Across all API replicas; unset: unlimited."
+    )
+    tokens_per_day: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens per UTC day; unset: unlimited."
+    )
     adapter_match_min: float = Field(
         0.5, ge=-1, le=1,
         description="auto: a query this similar to an adapter's examples takes that adapter.",

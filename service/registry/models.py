@@ -173,3 +173,17 @@ class AdapterVersion(Base):
     example_vectors: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageCounter(Base):
+    """A tenant's requests or tokens in one fixed window (per minute, per day): one row per
+    window, incremented atomically, so every API replica sharing the registry sees one count."""
+
+    __tablename__ = "usage_counters"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # requests | tokens
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix seconds
+    used: Mapped[int] = mapped_column(Integer, default=0)

@@ -13,11 +13,7 @@ Demonstrate the bug: RAGTUNE_ENGINE_DISABLE_LORA_FIX=1 pytest -m integration <th
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,11 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.settings import EngineSettings
 from tests.integration.lora_fixtures import SERVED_BASE_MODEL, make_random_lora
 
 pytestmark = pytest.mark.integration
 
-MAX_LORAS = 4
+MAX_LORAS = EngineSettings().max_loras  # what the session's `ragtune serve` passes to vLLM
 N_ADAPTERS = MAX_LORAS + 1  # one more than the slots: the scheduler keeps all slots busy
 PROMPTS = [
     "What is the capital of France?",
@@ -45,95 +42,27 @@ TOP_LOGPROBS = 5
 # by up to 0.3 nats (random adapters make flat distributions). A leaked adapter moves them by
 # several nats or changes the first token outright.
 TOLERANCE_NATS = 1.0
-STARTUP_TIMEOUT_S = 240
-
-
-def _engine_python() -> str:
-    default = Path(__file__).resolve().parents[2] / ".venv-engine" / "bin" / "python"
-    python = os.environ.get("RAGTUNE_ENGINE_PYTHON") or (str(default) if default.exists() else "")
-    if not python:
-        pytest.skip("no engine venv: run `make install` or set RAGTUNE_ENGINE_PYTHON")
-    return python
-
-
-def _model_dir() -> str:
-    model_dir = os.environ.get("RAGTUNE_TEST_MODEL_DIR", "")
-    if not Path(model_dir or "/nonexistent").is_dir():
-        pytest.skip("set RAGTUNE_TEST_MODEL_DIR to the prepared base model folder")
-    return model_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def engine_url(tmp_path_factory) -> Iterator[str]:
-    """A vLLM with runtime LoRA loading, started through ragtune_engine.launch (and so with
-    ragtune's engine plugin). Stand-in for a shared session fixture: only the URL is used."""
-    python, model_dir = _engine_python(), _model_dir()
-    port = int(os.environ.get("RAGTUNE_TEST_ENGINE_PORT") or _free_port())
-    env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE="1")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
-    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    # tcmalloc + Intel OpenMP, as vLLM's CPU guide recommends (and service/engine does).
-    preloads = [
-        "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-        str(Path(python).parent.parent / "lib" / "libiomp5.so"),
-    ]
-    if "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = ":".join(p for p in preloads if Path(p).exists())
-    cmd = [
-        python, "-m", "ragtune_engine.launch",
-        "--model", model_dir, "--served-model-name", SERVED_BASE_MODEL,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-lora-rank", "64", "--max-loras", str(MAX_LORAS),
-        "--dtype", "bfloat16", "--max-model-len", "2048",
-    ]  # fmt: skip
-    log_path = tmp_path_factory.mktemp("engine") / "vllm.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not ready in time:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: takes engine core and workers
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def engine_url(server) -> str:
+    """The session's vLLM (started by `ragtune serve` through ragtune_engine.launch, so with
+    ragtune's engine plugin), reached directly: the test is about the engine's batching. Its
+    adapter names are not ragtune's, so the service's reconcile leaves them alone."""
+    return server.engine_url
 
 
 @pytest.fixture(scope="module")
-def adapter_dirs(tmp_path_factory) -> dict[str, Path]:
-    """N_ADAPTERS random adapters on disk (made before the engine starts: skip early)."""
-    pytest.importorskip("peft", reason="peft makes the test adapters")
+def adapter_dirs(tmp_path_factory, base_model_dir) -> dict[str, Path]:
+    """N_ADAPTERS random adapters on disk."""
     root = tmp_path_factory.mktemp("adapters")
     names = [f"isolation-{i}" for i in range(N_ADAPTERS)]
-    return {n: make_random_lora(root / n, _model_dir(), seed=i) for i, n in enumerate(names)}
+    return {n: make_random_lora(root / n, base_model_dir, seed=i) for i, n in enumerate(names)}
 
 
 @pytest.fixture(scope="module")
 def adapters(adapter_dirs, engine_url) -> Iterator[list[str]]:
-    """The adapters loaded at runtime, and unloaded afterwards (engines may be shared)."""
+    """The adapters loaded at runtime, and unloaded afterwards (the engine is shared)."""
     for name, path in adapter_dirs.items():
         r = httpx.post(
             f"{engine_url}/v1/load_lora_adapter",

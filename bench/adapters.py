@@ -1,0 +1,242 @@
+"""Adapters: registration-to-first-token, and throughput with N distinct adapters in rotation
+against the base model in the same run.
+
+Starts `ragtune serve` (which spawns vLLM) in a temp data dir, makes rank-`--rank` LoRA adapters
+for the served base model (random weights: the cost of serving an adapter does not depend on what
+it learned), and then:
+
+1. registration: POST /v1/adapters (a .tar.gz upload) until 201, then a streamed chat with
+   `model=<adapter>` until its first content chunk; `--registrations` times; p50/max of each.
+2. rotation: for each N in `--adapters` (default 1,4,16,64), the same workload (`--requests`
+   requests at `--concurrency`, `--max-tokens` each) sent once with `model=auto` to a tenant in
+   mode prompt (the base model) and once rotating over N registered adapters, in alternating
+   rounds; completion tokens/s of each, the ratio adapter/base, and every failed request.
+   N above the server's `RAGTUNE_ADAPTERS__MAX_RESIDENT` (set with `--max-resident`) makes ragtune
+   load and evict adapters on demand while the rotation runs.
+
+Goal: register-to-serving ≤ 1 s for a rank-16 adapter on SmolLM2, and no failed request while 64
+adapters rotate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import secrets
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (  # noqa: E402
+    RagtuneProcess,
+    free_port,
+    percentile,
+    tenant_key,
+)
+
+PROMPTS = ["Name a fruit.", "Count to three.", "Say hello.", "What colour is the sky?"]
+
+
+def make_adapters(n: int, rank: int, base_model_dir: Path, out: Path) -> list[Path]:
+    """n rank-`rank` LoRA folders: one made with peft, the others its weights re-drawn."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.integration.lora_fixtures import make_random_lora
+
+    first = make_random_lora(out / "a0", base_model_dir, seed=0, rank=rank, scale=0.5)
+    tensors = load_file(first / "adapter_model.safetensors")
+    folders = [first]
+    for i in range(1, n):
+        gen = torch.Generator().manual_seed(i)
+        folder = out / f"a{i}"
+        folder.mkdir()
+        shutil.copy(first / "adapter_config.json", folder)
+        redrawn = {
+            k: (torch.randn(v.shape, generator=gen, dtype=torch.float32) * v.float().std())
+            .to(v.dtype)
+            for k, v in tensors.items()
+        }
+        save_file(redrawn, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        folders.append(folder)
+    return folders
+
+
+def packed(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for f in sorted(folder.iterdir()):
+            tf.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+async def register(session, url, key, name: str, data: bytes) -> float:
+    form = aiohttp.FormData()
+    form.add_field("name", name)
+    form.add_field("examples", "[]")
+    form.add_field("file", data, filename=f"{name}.tar.gz", content_type="application/gzip")
+    started = time.perf_counter()
+    async with session.post(f"{url}/v1/adapters", data=form,
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+        body = await r.text()
+        if r.status != 201:
+            raise RuntimeError(f"registering {name}: HTTP {r.status} {body[:300]}")
+    return time.perf_counter() - started
+
+
+async def first_token(session, url, key, model: str) -> float:
+    started = time.perf_counter()
+    body = {"model": model, "stream": True, "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": PROMPTS[0]}]}
+    async with session.post(f"{url}/v1/chat/completions", json=body,
+                            headers={"Authorization": f"Bearer {key}"}) as r:
+        if r.status != 200:
+            raise RuntimeError(f"chat with {model}: HTTP {r.status} {await r.text()}")
+        async for line in r.content:
+            if line.startswith(b"data: ") and b'"content"' in line:
+                return time.perf_counter() - started
+    raise RuntimeError(f"no content chunk from {model}")
+
+
+async def workload(session, url, key, models: list[str], n: int, concurrency: int,
+                   max_tokens: int) -> tuple[int, float, list[str]]:
+    """(completion tokens, seconds, errors) of n requests, models in rotation."""
+    queue = list(range(n))
+    tokens, errors = 0, []
+
+    async def one(i: int) -> None:
+        nonlocal tokens
+        body = {"model": models[i % len(models)], "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
+        async with session.post(f"{url}/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}) as r:
+            text = await r.text()
+            if r.status != 200:
+                errors.append(f"{body['model']}: HTTP {r.status} {text[:200]}")
+                return
+            tokens += json.loads(text)["usage"]["completion_tokens"]
+
+    async def client() -> None:
+        while queue:
+            await one(queue.pop())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tokens, time.perf_counter() - started, errors
+
+
+async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
+    base_key = tenant_key(url, admin_key, "bench-base", {"mode": "prompt"})
+    key = tenant_key(url, admin_key, "bench-adapters", {"mode": "prompt"})
+    archives = [packed(f) for f in folders]
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    ok = True
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        print(f"\n1. registration to first token (rank {args.rank}, "
+              f"{len(archives[0]) / 1e6:.1f} MB archive)")
+        reg, ttft = [], []
+        for i in range(args.registrations):
+            reg.append(await register(session, url, key, f"reg{i}", archives[i % len(archives)]))
+            ttft.append(await first_token(session, url, key, f"reg{i}"))
+        total = [a + b for a, b in zip(reg, ttft, strict=True)]
+        print(f"   POST /v1/adapters -> 201 (validated, stored, loaded): p50 "
+              f"{percentile(reg, 50) * 1e3:.0f} ms, max {max(reg) * 1e3:.0f} ms")
+        print(f"   then first streamed token:  p50 {percentile(ttft, 50) * 1e3:.0f} ms, "
+              f"max {max(ttft) * 1e3:.0f} ms")
+        print(f"   register-to-first-token:     p50 {percentile(total, 50) * 1e3:.0f} ms, "
+              f"max {max(total) * 1e3:.0f} ms   (goal <= 1000 ms)")
+        ok &= percentile(total, 50) <= 1.0
+
+        print(f"\n2. throughput, {args.requests} requests x {args.max_tokens} tokens at "
+              f"concurrency {args.concurrency}; server max_resident={args.max_resident}")
+        names = [f"rot{i}" for i in range(max(args.adapters))]
+        for i, name in enumerate(names):
+            await register(session, url, key, name, archives[i % len(archives)])
+        await workload(session, url, base_key, ["auto"], args.concurrency, args.concurrency,
+                       args.max_tokens)  # warm-up
+        print(f"   {'adapters':>8} {'base tok/s':>11} {'adapter tok/s':>14} {'ratio':>6} "
+              f"{'failed':>7}")
+        for n in args.adapters:
+            models = names[:n]
+            base_tok = base_s = ad_tok = ad_s = 0.0
+            failures: list[str] = []
+            half = args.requests // 2
+            for order in (("base", "adapter"), ("adapter", "base")):  # drift falls on both
+                for which in order:
+                    if which == "base":
+                        t, s, e = await workload(session, url, base_key, ["auto"], half,
+                                                 args.concurrency, args.max_tokens)
+                        base_tok, base_s = base_tok + t, base_s + s
+                    else:
+                        t, s, e = await workload(session, url, key, models, half,
+                                                 args.concurrency, args.max_tokens)
+                        ad_tok, ad_s = ad_tok + t, ad_s + s
+                    failures += e
+            b, a = base_tok / base_s, ad_tok / ad_s
+            print(f"   {n:>8} {b:>11.1f} {a:>14.1f} {a / b:>6.2f} {len(failures):>7}")
+            for f in failures[:5]:
+                print(f"      failed: {f}")
+            ok &= not failures
+        status, text = await _get(session, f"{url}/metrics")
+        loads = [ln for ln in text.splitlines() if ln.startswith(("ragtune_adapter_loads_total",
+                                                                  "ragtune_adapter_unloads_total"))]
+        print("   " + "; ".join(loads))
+    return ok
+
+
+async def _get(session, url):
+    async with session.get(url) as r:
+        return r.status, await r.text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--adapters", default="1,4,16,64",
+                   type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--registrations", type=int, default=5)
+    p.add_argument("--requests", type=int, default=64, help="per arm and adapter count")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--max-resident", type=int, default=32,
+                   help="RAGTUNE_ADAPTERS__MAX_RESIDENT of the server")
+    p.add_argument("--model-dir", type=Path, default=Path(".data/models/base"))
+    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--check", action="store_true", help="exit 2 when a goal is missed")
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-adapters-"))
+    proc = RagtuneProcess(
+        data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12), port=free_port(),
+        engine_port=free_port(), model_dir=args.model_dir.resolve(),
+        extra_env={"RAGTUNE_ADAPTERS__MAX_RESIDENT": str(args.max_resident)},
+    )
+    failed = True
+    try:
+        print(f"making {min(max(args.adapters), 8)} distinct rank-{args.rank} adapters ...")
+        folders = make_adapters(min(max(args.adapters), 8), args.rank, args.model_dir, tmp)
+        proc.start()
+        print(f"ragtune ready after {proc.wait_ready(900):.0f}s")
+        ok = asyncio.run(measure(args, proc.url, proc.admin_key, folders))
+        failed = False
+        return 2 if args.check and not ok else 0
+    finally:
+        print(proc.stop())
+        if failed:
+            print(proc.log_tails(), file=sys.stderr)
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
