@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from adapters.engine import EngineAdapters
 from adapters.service import AdapterService
+from service.advisor import Advisor
 from service.chat import ChatService
 from service.documents import DocumentService
 from service.engine.model import prepare_model
@@ -26,7 +27,7 @@ from service.metrics import Metrics
 from service.observability import RequestContextMiddleware
 from service.rag import Retriever
 from service.registry.db import Registry
-from service.routes import adapters, chat, documents, health, tenants
+from service.routes import adapters, advisor, chat, documents, health, tenants
 from service.routing import Router
 from service.settings import Settings
 from service.state import State, resolve_admin_key
@@ -98,6 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             documents=docs,
             adapters=adapter_service,
+            advisor=Advisor(
+                pool, settings.base_model_name, docs,
+                unfamiliar_ratio=settings.advisor.unfamiliar_ratio,
+                max_samples=settings.advisor.max_samples,
+            ),
             store=store,
             admin_key_digest=hashlib.sha256(resolve_admin_key(settings).encode()).hexdigest(),
             supervisor=supervisor,
@@ -145,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(documents.router)
     app.include_router(adapters.router)
+    app.include_router(advisor.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,8 +14,11 @@ app.add_typer(model_app, name="model")
 
 def _register_adapters() -> None:
     from adapters.cli import adapters_app
+    from service.policy_cli import advise, policy_app
 
     app.add_typer(adapters_app, name="adapters")
+    app.add_typer(policy_app, name="policy")
+    app.command("advise")(advise)
 
 
 _register_adapters()

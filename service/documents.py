@@ -274,14 +274,30 @@ class DocumentService:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         return {state: n for state, n in rows}
 
-    def has_documents(self, tenant_id: str) -> bool:
+    def count_current(self, tenant_id: str) -> int:
+        """Documents readers see (indexed, not being deleted)."""
         with self.registry.session() as s:
             return s.scalar(
                 select(func.count()).select_from(Document).where(
                     Document.tenant_id == tenant_id, Document.state == "live",
                     Document.current_version.is_not(None),
                 )
-            ) > 0
+            )
+
+    def has_documents(self, tenant_id: str) -> bool:
+        return self.count_current(tenant_id) > 0
+
+    def current_section_files(self, tenant_id: str) -> list[str]:
+        """The parsed sections (JSON files) of the tenant's current document versions."""
+        with self.registry.session() as s:
+            return list(s.scalars(
+                select(DocumentVersion.stored_path)
+                .join(Document, and_(Document.tenant_id == DocumentVersion.tenant_id,
+                                     Document.id == DocumentVersion.document_id,
+                                     Document.current_version == DocumentVersion.version))
+                .where(Document.tenant_id == tenant_id, Document.state == "live")
+                .order_by(Document.id)
+            ).all())
 
     def mark_deleting(self, tenant_id: str, document_id: str) -> None:
         """Hide the document from readers at once; its points and rows go next."""

@@ -95,6 +95,21 @@ class Metrics:
             ["adapter"], registry=r,
         )
         self._adapter_labels: set[str] = set()
+        self.decisions = Counter(
+            "ragtune_route_decisions", "Route decisions by path and what decided them",
+            ["path", "kind"], registry=r,
+        )
+        self.decision_latency = Histogram(
+            "ragtune_route_decision_duration_seconds",
+            "Deciding the path: signals (query embedding, retrieval, adapter match) included",
+            ["path"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+
+    def observe_decision(self, path: str, kind: str, seconds: float) -> None:
+        self.decisions.labels(path, kind).inc()
+        self.decision_latency.labels(path).observe(seconds)
 
     def observe_adapter_load(self, seconds: float) -> None:
         self.adapter_loads.inc()

@@ -57,11 +57,15 @@ class RouteDecision:
     reason: str
     adapter: str | None = None
     signals: dict[str, float | str | None] = field(default_factory=dict)
+    # What decided it, for machines and metrics: forced | policy_mode | named_adapter |
+    # auto_adapter | auto_knowledge | auto_no_match | auto_empty | degraded
+    kind: str = "policy_mode"
 
     def as_dict(self) -> dict:
         return {
             "path": self.path,
             "reason": self.reason,
+            "reason_kind": self.kind,
             "adapter": self.adapter,
             "signals": self.signals,
         }
@@ -98,6 +102,7 @@ def decide_auto(
             f"≥ the tenant's adapter threshold {policy.adapter_match_min:.2f}",
             adapter=label,
             signals=signals,
+            kind="auto_adapter",
         )
     adapter_note = (
         f"no adapter matches (best {adapter_match[1]:.2f} < {policy.adapter_match_min:.2f}); "
@@ -108,6 +113,7 @@ def decide_auto(
         return RouteDecision(
             "prompt", f"auto: {adapter_note}the tenant's knowledge base has nothing indexed",
             signals=signals,
+            kind="auto_empty",
         )
     if top_score >= policy.min_score:
         return RouteDecision(
@@ -115,12 +121,14 @@ def decide_auto(
             f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
             f"≥ the tenant's floor {policy.min_score:.2f}",
             signals=signals,
+            kind="auto_knowledge",
         )
     return RouteDecision(
         "prompt",
         f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
         f"< the tenant's floor {policy.min_score:.2f}, so no retrieved context is relevant",
         signals=signals,
+        kind="auto_no_match",
     )
 
 

@@ -9,6 +9,7 @@ registration). The query is embedded once and serves both.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +56,22 @@ class Router:
         self, tenant_id: str, policy: Policy, query: str, forced: str | None,
         named: ServedAdapter | None,
     ) -> Routed:
+        started = time.perf_counter()
+        routed = await self._route(tenant_id, policy, query, forced, named)
+        self.metrics.observe_decision(
+            routed.decision.path, routed.decision.kind, time.perf_counter() - started
+        )
+        return routed
+
+    async def _route(
+        self, tenant_id: str, policy: Policy, query: str, forced: str | None,
+        named: ServedAdapter | None,
+    ) -> Routed:
         wanted = "adapter_rag" if named is not None else requested_path(policy, forced)
         why = _why(wanted, forced, named)
+        kind = "named_adapter" if named is not None else "forced" if forced else "policy_mode"
         if wanted == "prompt":
-            return Routed(RouteDecision("prompt", why))
+            return Routed(RouteDecision("prompt", why, kind=kind))
         candidates: list[ServedAdapter] = []
         if named is None and wanted in ("auto", "adapter_rag") and self.adapters is not None:
             candidates = await asyncio.to_thread(self.adapters.served, tenant_id)
@@ -87,7 +100,7 @@ class Router:
         else:
             if wanted == "adapter_rag" and adapter is None:
                 adapter, why = _pick_adapter(policy, candidates, match, why)
-            decision = RouteDecision(wanted, why, signals={"top_score": _round(top)})
+            decision = RouteDecision(wanted, why, signals={"top_score": _round(top)}, kind=kind)
             if match is not None:
                 decision.signals["adapter_match"] = _round(match[1])
         if adapter is not None:
@@ -139,6 +152,7 @@ def _pick_adapter(policy: Policy, candidates, match, why: str):
 
 def _degraded(decision: RouteDecision, adapter, exc: RetrievalUnavailable) -> Routed:
     decision.signals["retrieval"] = "down"
+    decision.kind = "degraded"
     if adapter is not None:
         decision.path = "adapter_rag"
         decision.reason += (
@@ -150,7 +164,7 @@ def _degraded(decision: RouteDecision, adapter, exc: RetrievalUnavailable) -> Ro
         f"the knowledge base is unavailable ({exc.message}); degraded to the prompt path "
         "as the tenant's policy allows"
     )
-    return Routed(RouteDecision("prompt", reason, signals=decision.signals))
+    return Routed(RouteDecision("prompt", reason, signals=decision.signals, kind="degraded"))
 
 
 def _why(wanted: str, forced: str | None, named: ServedAdapter | None) -> str:

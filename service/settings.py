@@ -120,6 +120,18 @@ class AdapterSettings(BaseModel):
     load_timeout_s: float = 120.0
 
 
+class AdvisorSettings(BaseModel):
+    unfamiliar_ratio: float = Field(
+        4.0,
+        description=(
+            "Perplexity on the tenant's text over perplexity on public reference prose at or "
+            "above which the base model is taken not to know the domain (SmolLM2-135M: policy "
+            "prose ~2.7x, DSL programs ~8x)."
+        ),
+    )
+    max_samples: int = 16
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -147,6 +159,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     documents: DocumentLimits = Field(default_factory=DocumentLimits)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
+    advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
 
     @property
     def resolved_adapters_root(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from adapters.service import AdapterService
+from service.advisor import Advisor
 from service.chat import ChatService
 from service.documents import DocumentService
 from service.engine.supervisor import EngineSupervisor
@@ -35,6 +36,7 @@ class State:
     admin_key_digest: str
     documents: DocumentService | None = None
     adapters: AdapterService | None = None
+    advisor: Advisor | None = None
     store: Any = None  # ingest.vector_store.ChunkStore
     supervisor: EngineSupervisor | None = None
     started_at: float = 0.0

@@ -82,9 +82,17 @@ def test_trained_adapter_serves_and_changes_the_output(server, base_model_dir, t
     assert "codes-tenant--codes--v1" in engine_models(server)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
 
-    base = ask(client)
-    assert base.model_extra["route"]["path"] == "prompt"  # auto: nothing indexed, no match
+    base = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": QUESTION}], temperature=0,
+        max_tokens=8, extra_body={"route": "prompt"},
+    )
+    assert base.model_extra["route"]["path"] == "prompt"
     assert not base.choices[0].message.content.startswith("ZX-"), base.choices[0].message
+    # auto: the question is the adapter's declared example, so the policy takes the adapter
+    auto = ask(client)
+    assert auto.model_extra["route"]["path"] == "adapter_rag", auto.model_extra["route"]
+    assert auto.model_extra["route"]["signals"]["adapter_match"] > 0.9
+    assert auto.choices[0].message.content.startswith("ZX-")
     tuned = ask(client, "codes")
     assert tuned.choices[0].message.content.startswith("ZX-"), tuned.choices[0].message
     assert tuned.model == "codes"
@@ -111,38 +119,45 @@ def test_hot_swap_under_load_fails_no_request(server, base_model_dir, trained):
     key = server.new_tenant("swap-tenant")
     register_cli(server, base_model_dir, key, trained["v1"], "codes")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
-    answers: list[tuple[float, str, str]] = []
+    answers: list[tuple[float, float, str, str]] = []  # started, ended, adapter, text
     failures: list[str] = []
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 r = ask(client, "codes")
-                answers.append((time.monotonic(), r.model_extra["route"]["adapter"],
+                answers.append((started, time.monotonic(), r.model_extra["route"]["adapter"],
                                 r.choices[0].message.content))
-            except openai.APIError as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure counts
                 failures.append(repr(exc))
+
+    def wait_for(cond, timeout=180) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cond(), (answers, failures)
 
     threads = [threading.Thread(target=loop) for _ in range(3)]
     for t in threads:
         t.start()
     try:
-        time.sleep(2)
+        wait_for(lambda: len(answers) >= 3)
+        registering = time.monotonic()
         body = register_cli(server, base_model_dir, key, trained["v2"], "codes")
         switched = time.monotonic()
         assert body["version"] == 2
-        time.sleep(3)
+        wait_for(lambda: sum(a[0] > switched for a in answers) >= 3)
     finally:
         stop.set()
         for t in threads:
             t.join(120)
     assert failures == []
-    before = [a for a in answers if a[0] < switched - 1]
-    after = [a for a in answers if a[0] > switched + 0.5]
-    assert before and after
-    assert all(a[1] == "codes@1" and a[2].startswith("ZX-") for a in before)
-    assert all(a[1] == "codes@2" and a[2].startswith("QQ-") for a in after)
+    before = [a for a in answers if a[1] < registering]
+    after = [a for a in answers if a[0] > switched]
+    assert all(a[2] == "codes@1" and a[3].startswith("ZX-") for a in before), before
+    assert all(a[2] == "codes@2" and a[3].startswith("QQ-") for a in after), after
     # the old version leaves the engine once its requests are done and the grace has passed
     deadline = time.monotonic() + 30
     while "swap-tenant--codes--v1" in engine_models(server) and time.monotonic() < deadline:
