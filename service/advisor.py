@@ -85,7 +85,7 @@ class Advisor:
         for path in self.documents.current_section_files(tenant_id):
             for section in json.loads(Path(path).read_text(encoding="utf-8")):
                 for para in section["text"].split("\n\n"):
-                    if len(para.strip()) >= 80:
+                    if len(para.strip()) >= 20:  # not a heading
                         samples.append(para.strip())
                 if len(samples) >= self.max_samples:
                     return samples

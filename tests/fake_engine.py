@@ -47,6 +47,7 @@ class FakeEngine:
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/load_lora_adapter", self._load)
         app.router.add_post("/v1/unload_lora_adapter", self._unload)
         runner = web.AppRunner(app)
@@ -57,6 +58,23 @@ class FakeEngine:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.healthy else 503)
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        """Prompt logprobs only (the advisor's use): one token per whitespace-separated word,
+        -1 nat for a plain word, -4 for anything with digits or symbols (code looks strange)."""
+        body = await request.json()
+        self.requests.append(body)
+        words = body["prompt"].split()
+        logprobs = [None] + [
+            {str(i): {"logprob": -1.0 if w.strip(".,:;!?'\"()").isalpha() else -4.0, "rank": 1}}
+            for i, w in enumerate(words[1:])
+        ]
+        return web.json_response({
+            "id": "cmpl-fake", "object": "text_completion", "model": body["model"],
+            "choices": [{"index": 0, "text": "", "finish_reason": "length",
+                         "prompt_logprobs": logprobs}],
+            "usage": {"prompt_tokens": len(words), "completion_tokens": 1},
+        })
 
     async def _models(self, request: web.Request) -> web.Response:
         cards = [{"id": self.base_model, "object": "model", "root": "/model", "parent": None}]
