@@ -396,8 +396,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
         print(f"  {label:72} {secs:6.2f}s  {100 * secs / path_s:5.1f}%")
     embed_share = rows[0][1] / path_s
     print(f"own time: {100 * (1 - embed_share):.1f}% of the path is outside Embedder.texts, so "
-          f"with embedding as fast as raw the ratio would be {embed_share:.3f} (immune to the "
-          "machine's noise)")
+          f"with embedding as fast as raw the ratio would be {embed_share:.3f} (a bound that the "
+          "machine's noise moves far less)")
     print(
         f"peak memory: RSS (getrusage ru_maxrss, whole process incl. torch and the model) "
         f"{rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB after the measured rounds"

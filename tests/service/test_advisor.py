@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import ROOT, assert_error, new_tenant
+from tests.conftest import ROOT, assert_error
 
 PROGRAMS = [
     json.loads(line)["messages"][-1]["content"]
