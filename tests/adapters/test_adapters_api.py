@@ -149,29 +149,39 @@ def test_hot_swap_under_load_loses_no_request(client, tmp_path):
     _, headers = new_tenant(client)
     assert register(client, headers, archive(tmp_path, name="1.tgz")).status_code == 201
     v2 = archive(tmp_path, rank=4, name="2.tgz")
-    seen, failures, stop = [], [], threading.Event()
+    seen, failures, stop = [], [], threading.Event()  # seen: (started, ended, adapter)
 
     def loop():
         while not stop.is_set():
+            started = time.monotonic()
             r = chat(client, headers, model="warelang")
             if r.status_code != 200:
                 failures.append(r.text)
             else:
-                seen.append(r.json()["route"]["adapter"])
+                seen.append((started, time.monotonic(), r.json()["route"]["adapter"]))
+
+    def wait_for(cond, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cond(), (seen, failures)
 
     threads = [threading.Thread(target=loop) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    assert register(client, headers, v2).status_code == 201
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        wait_for(lambda: len(seen) >= 8)
+        registering = time.monotonic()
+        assert register(client, headers, v2).status_code == 201
+        switched = time.monotonic()
+        wait_for(lambda: sum(s[0] > switched for s in seen) >= 8)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert failures == []
-    assert seen[0] == "warelang@1" and seen[-1] == "warelang@2"
-    # once switched, never back
-    assert seen[seen.index("warelang@2"):].count("warelang@1") == 0
+    assert all(a == "warelang@1" for _, ended, a in seen if ended < registering)
+    assert all(a == "warelang@2" for started, _, a in seen if started > switched)
 
 
 def test_delete_unloads_and_removes_everything(client, engines, tmp_path):
