@@ -3,7 +3,7 @@
 It answers deterministically from the request so tests can see what ragtune sent: the reply
 is `echo: <system prompt> | <last user message>`. Magic words in the last user message choose
 failures: TOO_LONG -> vLLM's context-length 400, BREAK -> a stream cut after two chunks,
-CRASH -> a 500.
+CRASH -> a 500, SLOW -> an answer after 5 s.
 """
 
 from __future__ import annotations
@@ -110,8 +110,10 @@ class FakeEngine:
         if body["model"] != self.base_model and body["model"] not in self.loras:
             return _vllm_error(404, f"The model `{body['model']}` does not exist.")
         messages = body["messages"]
-        last = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        # Like vLLM, any conversation is answered (one without a user turn, content parts).
+        last = next((m.get("content") for m in reversed(messages) if m["role"] == "user"), "")
+        last = _text(last)
+        system = _text(next((m.get("content") for m in messages if m["role"] == "system"), ""))
         if "TOO_LONG" in last:
             return web.json_response(
                 {
@@ -124,6 +126,8 @@ class FakeEngine:
                 },
                 status=400,
             )
+        if "SLOW" in last:  # an engine that takes far longer than any timeout under test
+            await asyncio.sleep(5)
         if "CRASH" in last:
             return web.json_response({"error": {"message": "boom"}}, status=500)
         # An adapter's answers name it, so tests see which one served them.
@@ -171,6 +175,12 @@ class FakeEngine:
             await resp.write(b"data: " + json.dumps(u).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+
+def _text(content) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
 
 
 def _vllm_error(status: int, message: str) -> web.Response:

@@ -116,13 +116,16 @@ class EnginePool:
             try:
                 try:
                     resp = await self._session.post(f"{replica.url}{path}", json=body)
+                except TimeoutError as exc:
+                    # First: TimeoutError is an OSError, and aiohttp's ServerTimeoutError a
+                    # connection error too. A slow engine has the request: neither mark the
+                    # replica down nor send the request a second time.
+                    raise EngineUnavailable("the LLM engine did not answer in time") from exc
                 except (aiohttp.ClientConnectionError, OSError) as exc:
                     # Refused/reset before the engine took the request: safe to try elsewhere.
                     log.warning("engine replica %s failed: %s", replica.url, exc)
                     self._set_health(replica, False)
                     continue
-                except TimeoutError as exc:
-                    raise EngineUnavailable("the LLM engine did not answer in time") from exc
                 async with resp:
                     if resp.status >= 400:
                         raise await _upstream_error(resp)

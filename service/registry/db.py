@@ -9,7 +9,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.errors import APIError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -55,6 +58,16 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+class RegistryUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "registry_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the registry database is unavailable; retry shortly",
+                         headers={"Retry-After": "5"})
+
+
 class Registry:
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
@@ -66,8 +79,16 @@ class Registry:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as s, s.begin():
-            yield s
+        """One transaction. A lost or refused database connection is a 503 that says so (the
+        request may be retried); the pool checks connections before use, so once the database
+        is back the next transaction works."""
+        try:
+            with self._sessions() as s, s.begin():
+                yield s
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise RegistryUnavailable() from exc
+            raise
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

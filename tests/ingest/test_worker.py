@@ -113,22 +113,48 @@ def test_failed_attempts_back_off_and_give_up_with_the_error(backend, tmp_path):
 
 
 CRASHING_WORKER = """
-import os, sys, time
+import sys, time
 from pathlib import Path
 from service.registry.db import Registry
 from tests.ingest.kb import make_worker, open_store
 registry = Registry(sys.argv[1])
 store = open_store(Path(sys.argv[2]))
+marker, step = Path(sys.argv[3]), sys.argv[4]
 worker = make_worker(registry, store, upsert_batch=4, lease_s=2.0)
-def after_batch(job, version, done):
-    Path(sys.argv[3]).write_text(str(done))
-    time.sleep(600)  # wait here to be killed mid-job
-worker.after_batch = after_batch
+
+def stop_here():
+    marker.write_text(step)
+    time.sleep(600)  # wait here to be killed
+
+def after(fn):
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        stop_here()
+        return out
+    return wrapped
+
+if step == "claimed":  # the job is leased, nothing read yet
+    worker._process = lambda job: stop_here()
+elif step == "embedded":  # chunks embedded, nothing written to the store
+    worker.pipeline.run = after(worker.pipeline.run)
+elif step == "batch":  # the first batch of points written
+    worker.after_batch = lambda job, version, done: stop_here()
+elif step == "switched":  # the version is current, the job not yet marked succeeded
+    worker._switch = after(worker._switch)
 worker.run_once()
 """
 
+# What the index holds when the worker dies at each step (before the job is claimed again).
+STORED_AT_DEATH = {
+    "claimed": lambda n, expected: n == 0,
+    "embedded": lambda n, expected: n == 0,
+    "batch": lambda n, expected: 0 < n < expected,  # half-written, and hidden from readers
+    "switched": lambda n, expected: n == expected,
+}
 
-def test_worker_killed_mid_job_leaves_exactly_the_documents_chunks(backend, tmp_path):
+
+@pytest.mark.parametrize("step", list(STORED_AT_DEATH))
+def test_worker_killed_at_every_step_leaves_exactly_the_documents_chunks(backend, tmp_path, step):
     kind, registry, url = backend
     store = open_store(tmp_path)
     tenant = setup_tenant(registry)
@@ -139,17 +165,17 @@ def test_worker_killed_mid_job_leaves_exactly_the_documents_chunks(backend, tmp_
     assert expected > 8, "the document must span several batches"
     store.close()  # the embedded store is one process's at a time
 
-    marker = tmp_path / "batch-done"
+    marker = tmp_path / "stopped"
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_WORKER, url, str(tmp_path), str(marker)],
+        [sys.executable, "-c", CRASHING_WORKER, url, str(tmp_path), str(marker), step],
         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
     )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert marker.exists(), "the worker never reached its first batch"
+        assert marker.exists(), f"the worker never reached step {step!r}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -157,8 +183,10 @@ def test_worker_killed_mid_job_leaves_exactly_the_documents_chunks(backend, tmp_
             proc.kill()
 
     store = open_store(tmp_path)
-    assert 0 < store.count(tenant, "ledger") < expected  # half-written, and hidden from readers
-    assert docs.hidden_versions(tenant) == [("ledger", 1)]
+    assert STORED_AT_DEATH[step](store.count(tenant, "ledger"), expected)
+    assert docs.get_job(tenant, job_id)["state"] == "running"  # its lease runs out
+    if step != "switched":
+        assert docs.hidden_versions(tenant) == [("ledger", 1)]
     worker = make_worker(registry, store, lease_s=2.0)
     deadline = time.monotonic() + 30
     while docs.get_job(tenant, job_id)["state"] != "succeeded" and time.monotonic() < deadline:

@@ -13,15 +13,7 @@ from service.policy import Policy
 from service.registry.db import Registry, normalize_url
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
-
-
-def _postgres_available() -> bool:
-    try:
-        with create_engine(normalize_url(POSTGRES_URL)).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+from tests.ingest.kb import postgres_available
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -32,7 +24,7 @@ def registry(request, tmp_path):
         yield reg
         reg.dispose()
         return
-    if not _postgres_available():
+    if not postgres_available():
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}")
     # A database of its own per test: migrations run from scratch, nothing shared.
     admin = create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
