@@ -10,6 +10,15 @@ Fix: wrap the three bgmv ops so that rows with index -1 leave the output exactly
 it, which is what the GPU kernels do. The sgmv ops need no wrapping: they expand their indices
 per token and then call the bgmv ops through their module's globals, which we replace.
 
+A second fault of the same CPU wrapper: `add_lora_logits` pairs the logits rows with
+`sampler_indices` (one per sampled sequence), but prompt logprobs compute logits for every prompt
+token, so with LoRA enabled any request with `prompt_logprobs` kills the engine (einsum: "subscript
+b has size 15 for operand 1 which does not broadcast with previously seen size 51", then
+EngineDeadError). ragtune's advisor uses prompt logprobs, and one tenant's request must not take
+the engine down for all. Fix: for those rows, add nothing. That is exact whenever no loaded
+adapter adapts the vocabulary, which ragtune's validation guarantees (it refuses lm_head and
+embed_tokens targets); otherwise a warning says the prompt logprobs ignore that adapter.
+
 vLLM runs this entry point (group `vllm.general_plugins`) in every one of its processes (API
 server, engine core, workers) before the model is built. Set RAGTUNE_ENGINE_DISABLE_LORA_FIX=1
 to leave vLLM unpatched (used to demonstrate the bug).
@@ -61,6 +70,27 @@ def _keep_base_rows(op):
     return masked
 
 
+def _prompt_rows_safe(add_lora_logits):
+    warned = []
+
+    @functools.wraps(add_lora_logits)
+    def add(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs):
+        rows = x.reshape(-1, x.shape[-1]).size(0)
+        if rows == self.sampler_indices.numel():
+            return add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale,
+                                   *args, **kwargs)
+        # Prompt-logprob rows: leave the logits as the base model computed them (in place,
+        # as the CPU wrapper always works).
+        if not warned and torch.any(lora_b_stacked):
+            warned.append(True)
+            logger.warning("ragtune: an adapter adapts the vocabulary; prompt logprobs "
+                           "are computed without it")
+        return None
+
+    add.ragtune_patched = True
+    return add
+
+
 def register() -> None:
     if os.environ.get(DISABLE_ENV) == "1":
         logger.warning("ragtune: LoRA batch isolation fix DISABLED by %s=1", DISABLE_ENV)
@@ -96,6 +126,10 @@ def register() -> None:
             ):
                 setattr(module, name, wrapped)
         patched.append(name)
+    cpu_wrapper = getattr(wrapper_module, wrapper.rsplit(".", 1)[1])
+    if not getattr(cpu_wrapper.add_lora_logits, "ragtune_patched", False):
+        cpu_wrapper.add_lora_logits = _prompt_rows_safe(cpu_wrapper.add_lora_logits)
+        patched.append("add_lora_logits (prompt logprobs)")
     if patched:
         # (In the API server process this runs before vLLM configures logging and is not
         # shown; it is the engine core and worker processes that run the model.)
