@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ingest.embedding import shared_embedder  # noqa: E402
+from ingest.embedding import Embedder, shared_embedder  # noqa: E402
 from ingest.pipeline import ChunkPipeline  # noqa: E402
 from ingest.readers import content_type_for, read_sections  # noqa: E402
-from ingest.vector_store import QdrantSettings, open_chunk_store  # noqa: E402
+from ingest.vector_store import ChunkStore, QdrantSettings, open_chunk_store  # noqa: E402
 from ingest.worker import IngestWorker  # noqa: E402
 from service.documents import DocumentService, Upload  # noqa: E402
 from service.policy import Policy  # noqa: E402
@@ -214,11 +214,16 @@ class Stages:
 
 @dataclass
 class Bench:
-    root: Path
+    registry: Registry
+    store: ChunkStore
     docs: DocumentService
     worker: IngestWorker
-    embedder: object
+    embedder: Embedder
     stages: Stages
+
+    def close(self) -> None:
+        self.store.close()
+        self.registry.dispose()
 
 
 def setup(root: Path, grace_s: float) -> Bench:
@@ -245,7 +250,7 @@ def setup(root: Path, grace_s: float) -> Bench:
     stages.wrap(worker, "_renew", "renew lease")
     stages.wrap(worker, "_switch", "switch version")
     docs = DocumentService(registry, root / "uploads", DocumentLimits())
-    return Bench(root, docs, worker, embedder, stages)
+    return Bench(registry, store, docs, worker, embedder, stages)
 
 
 def ingest_round(b: Bench, corpus: list[Upload], tenant: str = TENANT) -> tuple[float, int]:
@@ -316,6 +321,13 @@ def main() -> int:
 def run(args: argparse.Namespace, root: Path) -> int:
     t0 = time.perf_counter()
     b = setup(root, args.retire_grace_s)
+    try:
+        return measure(args, b, t0)
+    finally:
+        b.close()
+
+
+def measure(args: argparse.Namespace, b: Bench, t0: float) -> int:
     corpus = make_corpus(args.docs, args.paragraphs)
     texts = chunk_texts(b, corpus)
     n_chunks = sum(map(len, texts))
@@ -379,7 +391,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
     median = statistics.median(per_round)
     print(f"ratio per round (A and B side by side): {' '.join(f'{x:.3f}' for x in per_round)}"
           f"  (median {median:.3f}; their spread is the run's noise)")
-    print(f"where the path's {path_s:.1f}s went (summed over its {args.rounds} rounds):")
+    plural = "s" if args.rounds > 1 else ""
+    print(f"where the path's {path_s:.1f}s went (summed over its {args.rounds} round{plural}):")
     rows = [
         ("embed (Embedder.texts)", stages.pop("embed", 0.0)),
         ("split + Chunk records (pipeline.run less embed)", stages.pop("pipeline.run", 0.0)),

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 
@@ -174,16 +175,23 @@ class IngestWorker:
 
     def _process(self, job: Claimed) -> int:
         total = 0
+        replaced: list[tuple[str, str, int]] = []  # (tenant, document, version) to retire
         for v in self._versions(job.id):
             if v.state not in ("queued", "indexing"):
                 total += v.chunks or 0  # done by an earlier attempt
                 continue
             self._set_version(v, state="indexing")
-            total += self._index_version(job, v)
+            total += self._index_version(job, v, replaced)
+        if replaced:
+            # Readers that took the version list just before a switch may still search for the
+            # old version for a moment: one grace period for all of this job's replacements.
+            time.sleep(self.settings.retire_grace_s)
+            for key in replaced:
+                self._retire(key)
         return total
 
-    def _index_version(self, job: Claimed, v: DocumentVersion) -> int:
-        raw = json.loads(open(v.stored_path, encoding="utf-8").read())
+    def _index_version(self, job: Claimed, v: DocumentVersion, replaced: list) -> int:
+        raw = json.loads(Path(v.stored_path).read_text(encoding="utf-8"))
         sections = [Section(r["text"], r.get("meta", {})) for r in raw]
         # A crashed attempt may have written part of this version: start clean.
         self.store.delete_version(v.tenant_id, v.document_id, v.version)
@@ -198,29 +206,31 @@ class IngestWorker:
             self._renew(job.id)
             if self.after_batch:
                 self.after_batch(job, v, i + step)
-        self._switch(v, len(chunks))
+        self._switch(v, len(chunks), replaced)
         return len(chunks)
 
-    def _switch(self, v: DocumentVersion, chunks: int) -> None:
-        """Make `v` the version readers see, in one transaction; then retire the old one."""
-        retired: int | None = None
+    def _switch(self, v: DocumentVersion, chunks: int, replaced: list) -> None:
+        """Make `v` the version readers see, in one transaction. The version it replaces goes
+        on `replaced` (retired after the grace period); a version that lost (deleted or
+        overtaken meanwhile) is removed at once, as no reader ever saw it."""
         with self.registry.session() as s:
             doc = s.get(Document, (v.tenant_id, v.document_id), with_for_update=True)
             gone = doc is None or doc.state != "live"
             newer = doc is not None and (doc.current_version or 0) > v.version
+            old = None
             if gone or newer:
                 state = "superseded" if newer and not gone else "failed"
             else:
                 state = "current"
-                retired = doc.current_version
+                old = doc.current_version
                 doc.current_version = v.version
                 doc.updated_at = utcnow()
-                if retired is not None:
+                if old is not None:
                     s.execute(
                         update(DocumentVersion)
                         .where(DocumentVersion.tenant_id == v.tenant_id,
                                DocumentVersion.document_id == v.document_id,
-                               DocumentVersion.version == retired)
+                               DocumentVersion.version == old)
                         .values(state="superseded")
                     )
             s.execute(
@@ -232,20 +242,22 @@ class IngestWorker:
                         error=None if state != "failed" else "document deleted while indexing")
             )
         if state != "current":
-            retired = v.version  # never readable: remove what we wrote
-        if retired is not None:
-            if state == "current":
-                time.sleep(self.settings.retire_grace_s)
-            self.store.delete_version(v.tenant_id, v.document_id, retired)
-            with self.registry.session() as s:
-                s.execute(
-                    update(DocumentVersion)
-                    .where(DocumentVersion.tenant_id == v.tenant_id,
-                           DocumentVersion.document_id == v.document_id,
-                           DocumentVersion.version == retired,
-                           DocumentVersion.state == "superseded")
-                    .values(state="retired")
-                )
+            self._retire((v.tenant_id, v.document_id, v.version))
+        elif old is not None:
+            replaced.append((v.tenant_id, v.document_id, old))
+
+    def _retire(self, key: tuple[str, str, int]) -> None:
+        tenant_id, document_id, version = key
+        self.store.delete_version(tenant_id, document_id, version)
+        with self.registry.session() as s:
+            s.execute(
+                update(DocumentVersion)
+                .where(DocumentVersion.tenant_id == tenant_id,
+                       DocumentVersion.document_id == document_id,
+                       DocumentVersion.version == version,
+                       DocumentVersion.state == "superseded")
+                .values(state="retired")
+            )
 
     def sweep_deletions(self) -> None:
         for tenant_id, document_id in self.documents.deleting_documents():
@@ -254,6 +266,21 @@ class IngestWorker:
                 self.documents.purge(tenant_id, document_id)
             except Exception:  # noqa: BLE001 - retried at the next sweep
                 log.exception("deleting %s/%s failed; will retry", tenant_id, document_id)
+        # Replaced versions a worker died before retiring (their grace is long over).
+        cutoff = utcnow() - timedelta(seconds=max(self.settings.retire_grace_s, 1.0) * 2)
+        with self.registry.session() as s:
+            stale = s.execute(
+                select(DocumentVersion.tenant_id, DocumentVersion.document_id,
+                       DocumentVersion.version)
+                .join(Document, and_(Document.tenant_id == DocumentVersion.tenant_id,
+                                     Document.id == DocumentVersion.document_id))
+                .where(DocumentVersion.state == "superseded", Document.updated_at < cutoff)
+            ).all()
+        for row in stale:
+            try:
+                self._retire(tuple(row))
+            except Exception:  # noqa: BLE001 - retried at the next sweep
+                log.exception("retiring %s failed; will retry", tuple(row))
 
     # ---- loops --------------------------------------------------------------------------
     def run_forever(self, stop: threading.Event | None = None) -> None:

@@ -63,6 +63,17 @@ class ChatRequest(BaseModel):
     n: int = 1
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    # Every field passed on to vLLM is typed and bounded here (OpenAI's ranges): what reaches
+    # the engine is what its schema accepts, and a 70-bit seed is a 400, not a crash.
+    stop: str | list[str] | None = Field(None, max_length=16)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    user: str | None = Field(None, max_length=256)
     route: Literal["prompt", "rag", "adapter_rag"] | None = None
 
     @field_validator("n")
