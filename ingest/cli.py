@@ -90,7 +90,7 @@ def ingest(
             r = client.post("/v1/documents", files={"file": (f.name, f.read_bytes())}, data=data)
             if r.status_code != 202:
                 failed += 1
-                tqdm.write(f"{f}: {r.json().get('error', {}).get('message', r.text)}")
+                tqdm.write(f"{f}: error {r.status_code}: {_message(r)}")
                 continue
             jobs.append(r.json()["job_id"])
         if wait and jobs:
@@ -101,14 +101,28 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _wait(client, jobs: list[str]) -> int:
+def _wait(client, jobs: list[str], timeout_s: float = 3600.0) -> int:
+    """Poll the jobs until each has ended; a job the server cannot report, or one still
+    running after `timeout_s`, counts as failed."""
     from tqdm import tqdm
 
     pending, failed = set(jobs), 0
+    deadline = time.monotonic() + timeout_s
     with tqdm(total=len(jobs), desc="index", unit="job") as bar:
         while pending:
+            if time.monotonic() > deadline:
+                tqdm.write(f"{len(pending)} job(s) still not done after {timeout_s:.0f}s")
+                return failed + len(pending)
             for job_id in list(pending):
-                body = client.get(f"/v1/jobs/{job_id}").json()
+                r = client.get(f"/v1/jobs/{job_id}")
+                if r.status_code != 200:
+                    if r.status_code < 500:  # 5xx: the server is busy or restarting, ask again
+                        pending.discard(job_id)
+                        bar.update(1)
+                        failed += 1
+                        tqdm.write(f"job {job_id}: error {r.status_code}: {_message(r)}")
+                    continue
+                body = r.json()
                 if body["state"] in ("succeeded", "failed"):
                     pending.discard(job_id)
                     bar.update(1)
@@ -120,13 +134,15 @@ def _wait(client, jobs: list[str]) -> int:
     return failed
 
 
-def _fail(resp) -> None:
+def _message(resp) -> str:
+    """The error message of a response in the API's error shape, else its text (a proxy's
+    HTML page, say)."""
     try:
-        message = resp.json()["error"]["message"]
+        return resp.json()["error"]["message"]
     except Exception:  # noqa: BLE001
-        message = resp.text
-    typer.echo(f"error {resp.status_code}: {message}", err=True)
+        return resp.text[:300]
+
+
+def _fail(resp) -> None:
+    typer.echo(f"error {resp.status_code}: {_message(resp)}", err=True)
     raise typer.Exit(1)
-
-
-
