@@ -75,7 +75,7 @@ class AdapterService:
         if not isinstance(name, str) or not name:
             raise InvalidRequest("'name' is required", code="missing_name", param="name")
         if (
-            not ADAPTER_NAME.match(name)
+            not ADAPTER_NAME.fullmatch(name)
             or name in RESERVED_NAMES
             or name == self.settings.base_model_name
         ):
@@ -85,9 +85,14 @@ class AdapterService:
                 code="invalid_adapter_name",
                 param="name",
             )
-        if not isinstance(description, str) or len(description) > lim.max_example_chars:
+        if (
+            not isinstance(description, str)
+            or len(description) > lim.max_example_chars
+            or "\x00" in description
+        ):
             raise InvalidRequest(
-                f"'description' must be a string of at most {lim.max_example_chars} characters",
+                f"'description' must be a string of at most {lim.max_example_chars} characters, "
+                "without NUL",
                 code="invalid_description",
                 param="description",
             )
@@ -97,7 +102,7 @@ class AdapterService:
             not isinstance(examples, list)
             or len(examples) > lim.max_examples
             or not all(isinstance(e, str) and 0 < len(e) <= lim.max_example_chars
-                       for e in examples)
+                       and "\x00" not in e for e in examples)
         ):
             raise InvalidRequest(
                 f"'examples' must be a JSON list of at most {lim.max_examples} non-empty strings "

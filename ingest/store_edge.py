@@ -155,6 +155,10 @@ class EdgeChunkStore:
         require_tenant(tenant_id)
         self._delete(_match(TENANT_KEY, tenant_id), _match(DOCUMENT_KEY, document_id))
 
+    def delete_tenant(self, tenant_id: str) -> None:
+        require_tenant(tenant_id)
+        self._delete(_match(TENANT_KEY, tenant_id))
+
     def _delete(self, *must: qe.FieldCondition) -> None:
         with self._lock:
             shard = self._shard

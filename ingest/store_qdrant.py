@@ -133,6 +133,10 @@ class ServerChunkStore:
         require_tenant(tenant_id)
         self._delete(_match(TENANT_KEY, tenant_id), _match(DOCUMENT_KEY, document_id))
 
+    def delete_tenant(self, tenant_id: str) -> None:
+        require_tenant(tenant_id)
+        self._delete(_match(TENANT_KEY, tenant_id))
+
     def _delete(self, *must: models.FieldCondition) -> None:
         if self._store is None:
             return

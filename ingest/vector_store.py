@@ -127,6 +127,10 @@ class ChunkStore(Protocol):
 
     def delete_document(self, tenant_id: str, document_id: str) -> None: ...
 
+    def delete_tenant(self, tenant_id: str) -> None:
+        """Every chunk of the tenant (the tenant was deleted)."""
+        ...
+
     def count(
         self, tenant_id: str, document_id: str | None = None, version: int | None = None
     ) -> int: ...

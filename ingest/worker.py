@@ -109,6 +109,10 @@ class IngestWorker:
             if done.rowcount != 1:
                 raise LeaseLost(f"job {job_id} was taken over by another worker")
 
+    def _job_gone(self, job_id: str) -> bool:
+        with self.registry.session() as s:
+            return s.get(Job, job_id) is None
+
     def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""
         job = self.claim()
@@ -199,13 +203,19 @@ class IngestWorker:
             sections, tenant_id=v.tenant_id, document_id=v.document_id, version=v.version,
             source=v.source, metadata=v.meta or {},
         )
-        self._renew(job.id)
         step = self.settings.upsert_batch
-        for i in range(0, len(chunks), step):
-            self.store.upsert(chunks[i : i + step])
+        try:
             self._renew(job.id)
-            if self.after_batch:
-                self.after_batch(job, v, i + step)
+            for i in range(0, len(chunks), step):
+                self.store.upsert(chunks[i : i + step])
+                self._renew(job.id)
+                if self.after_batch:
+                    self.after_batch(job, v, i + step)
+        except LeaseLost:
+            if self._job_gone(job.id):
+                # Deleted with its tenant: nobody else will clean up what this run wrote.
+                self.store.delete_version(v.tenant_id, v.document_id, v.version)
+            raise
         self._switch(v, len(chunks), replaced)
         return len(chunks)
 

@@ -43,7 +43,8 @@ class Upload:
 
 
 def validate_document_id(document_id: str, param: str = "document_id") -> str:
-    if not DOCUMENT_ID.match(document_id) or ".." in document_id:
+    # fullmatch: `$` would let a trailing newline through ("x\n")
+    if not DOCUMENT_ID.fullmatch(document_id) or ".." in document_id:
         raise InvalidRequest(
             f"invalid document id '{document_id[:140]}': 1-128 characters of letters, digits, "
             "'.', '_' and '-', starting with a letter or digit",
@@ -51,6 +52,17 @@ def validate_document_id(document_id: str, param: str = "document_id") -> str:
             param=param,
         )
     return document_id
+
+
+def check_filename(filename: str) -> None:
+    """Any file name is stored as the version's `source`: no control characters (PostgreSQL
+    refuses a NUL in text, and they have no place in a name)."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in filename):
+        raise InvalidRequest(
+            f"invalid file name {filename[:140]!r}: it holds control characters",
+            code="invalid_filename",
+            param="file",
+        )
 
 
 def document_id_from_filename(filename: str) -> str:
@@ -101,6 +113,7 @@ class DocumentService:
             )
         prepared = []
         for f in files:
+            check_filename(f.filename)
             doc_id = (
                 validate_document_id(document_id)
                 if document_id is not None

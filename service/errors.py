@@ -112,6 +112,7 @@ _STATUS_TYPES = {
     415: ("invalid_request_error", "unsupported_media_type"),
     422: ("invalid_request_error", "unprocessable_entity"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
+    431: ("invalid_request_error", "headers_too_large"),
 }
 
 
@@ -125,7 +126,61 @@ def _loc_to_param(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every error, whatever raised it (API.md): OpenAI's shape.",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "additionalProperties": False,
+            "properties": {
+                "message": {"type": "string", "minLength": 1},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "string", "minLength": 1},
+            },
+        }
+    },
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI document says what the API does: FastAPI's default `422 HTTPValidationError`
+    (which this API never answers: validation is a 400 in the one error shape) is replaced by a
+    `4XX` response in that shape on every operation."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["Error"] = ERROR_SCHEMA
+        error = {
+            "description": "An error, in the one shape of every error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                ref = (responses.get("422", {}).get("content", {}).get("application/json", {})
+                       .get("schema", {}).get("$ref", ""))
+                if ref.endswith("/HTTPValidationError"):
+                    del responses["422"]
+                responses.setdefault("4XX", error)
+        return schema
+
+    app.openapi = openapi
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> ORJSONResponse:
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -138,7 +193,10 @@ def install_error_handlers(app: FastAPI) -> None:
         param = _loc_to_param(tuple(first.get("loc", ())))
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
-            code, message = "invalid_json", "the request body is not valid JSON"
+            # loc is ("body", <character offset>): no field to name.
+            code, param = "invalid_json", None
+            reason = (first.get("ctx") or {}).get("error")
+            message = "the request body is not valid JSON" + (f": {reason}" if reason else "")
         else:
             code = "missing_field" if first.get("type") == "missing" else "invalid_value"
             message = f"{param}: {msg}" if param else msg

@@ -50,6 +50,26 @@ def configure_logging(level: str = "INFO", as_json: bool = True) -> None:
 access_log = logging.getLogger("ragtune.access")
 
 
+# The request head's cap: servers differ (h11 stops at 16 KB, httptools has no cap), the answer
+# to a larger one must not (431 in the one error shape rather than whatever the server says).
+MAX_HEADER_BYTES = 32 << 10
+
+
+def _malformed(scope) -> tuple[int, str, str | None, str] | None:
+    """(status, code, param, message) for a request refused before routing, else None."""
+    if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+        return (431, "headers_too_large", None,
+                f"request headers larger than {MAX_HEADER_BYTES} bytes")
+    # No name of ours holds a NUL, and PostgreSQL refuses one in any text it is asked about
+    # (a 500 for an id like 'a%00b' otherwise).
+    if "\x00" in scope["path"]:
+        return 400, "invalid_characters", "path", "the request path holds a NUL character"
+    query = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query:
+        return 400, "invalid_characters", "query", "the query string holds a NUL character"
+    return None
+
+
 class RequestContextMiddleware:
     def __init__(self, app, metrics: Metrics, max_body_bytes: int, body_limits: dict | None = None):
         self.app = app
@@ -83,6 +103,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            refused = _malformed(scope)
+            if refused is not None:
+                status, code, param, message = refused
+                await _send_error(send_wrapper, status, message, code=code, param=param)
+                return
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await _send_error(send_wrapper, 413, f"request body larger than {limit} bytes")
@@ -121,8 +146,13 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-async def _send_error(send, status: int, message: str) -> None:
-    body = json.dumps(status_error_body(status, message)).encode()
+async def _send_error(
+    send, status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> None:
+    body = status_error_body(status, message)
+    if code is not None:
+        body["error"].update(code=code, param=param)
+    body = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",

@@ -44,7 +44,7 @@ def new_key() -> tuple[str, str]:
 
 
 def validate_tenant_id(tenant_id: str) -> str:
-    if not TENANT_ID.match(tenant_id):
+    if not TENANT_ID.fullmatch(tenant_id):
         raise InvalidRequest(
             "tenant id must be 1-64 characters of a-z, 0-9 and '-', "
             "not starting or ending with '-'",

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 
+import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
@@ -11,9 +11,10 @@ from starlette.responses import Response
 
 from adapters.archive import copy_capped_file
 from service.errors import InvalidRequest
+from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
-router = APIRouter(prefix="/v1", tags=["adapters"])
+router = APIRouter(prefix="/v1", tags=["adapters"], route_class=JSONRoute)
 
 
 class AdapterByUri(BaseModel):
@@ -26,15 +27,16 @@ class AdapterByUri(BaseModel):
 
 
 class Rollback(BaseModel):
-    version: int | None = Field(None, description="Default: the version before the current.")
+    version: int | None = Field(None, ge=1, le=2**31 - 1,
+                                description="Default: the version before the current.")
 
 
 def _parse_examples(raw) -> list | None:
     if raw is None or raw == "":
         return None
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        value = orjson.loads(raw)  # as for JSON bodies (json.loads crashes on deep nesting)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest("'examples' must be a JSON list of strings",
                              code="invalid_examples", param="examples") from exc
     return value
@@ -68,7 +70,28 @@ async def _register_multipart(request: Request, tenant_id: str, state) -> dict:
         await asyncio.to_thread(shutil.rmtree, staging, True)
 
 
-@router.post("/adapters", status_code=201)
+REGISTER_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "name"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "A .tar.gz or .zip of a PEFT LoRA folder"},
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "examples": {"type": "string", "description": "A JSON list of prompts"},
+                },
+            }
+        },
+        "application/json": {"schema": AdapterByUri.model_json_schema()},
+    },
+}
+
+
+@router.post("/adapters", status_code=201, openapi_extra={"requestBody": REGISTER_BODY})
 async def register_adapter(request: Request, tenant: CurrentTenant, state: AppState) -> dict:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):

@@ -4,9 +4,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.policy import Policy
+from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
-router = APIRouter(prefix="/v1", tags=["advisor"])
+router = APIRouter(prefix="/v1", tags=["advisor"], route_class=JSONRoute)
 
 
 class AdviceRequest(BaseModel):

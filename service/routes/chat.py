@@ -7,12 +7,17 @@ from starlette.responses import StreamingResponse
 
 from service.chat import ChatRequest
 from service.errors import ORJSONResponse
+from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONRoute)
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    responses={200: {"description": "A `chat.completion`, or with `stream` its SSE chunks",
+                     "content": {"application/json": {}, "text/event-stream": {}}}},
+)
 async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppState):
     prepared = await state.chat.prepare(tenant, body)
     headers = {"X-Route": prepared.decision.path}

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from service.documents import Upload
 from service.errors import InvalidRequest, PayloadTooLarge
+from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
-router = APIRouter(prefix="/v1", tags=["documents"])
+router = APIRouter(prefix="/v1", tags=["documents"], route_class=JSONRoute)
 
 
 async def _read_upload(request: Request, state) -> tuple[list[Upload], str | None, dict | None]:
@@ -44,17 +45,42 @@ async def _read_upload(request: Request, state) -> tuple[list[Upload], str | Non
     metadata = None
     if raw_meta:
         try:
-            metadata = json.loads(raw_meta)
-        except json.JSONDecodeError as exc:
+            # orjson, as for JSON bodies: what is stored can be written back (no lone
+            # surrogates, NaN or nesting past 1024, which json.loads takes or crashes on).
+            metadata = orjson.loads(raw_meta)
+        except orjson.JSONDecodeError as exc:
             raise InvalidRequest("metadata is not valid JSON", code="invalid_metadata",
                                  param="metadata") from exc
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata must be a JSON object", code="invalid_metadata",
                                  param="metadata")
-    return files, (str(document_id) if document_id is not None else None), metadata
+    if document_id is not None and not isinstance(document_id, str):
+        raise InvalidRequest("'document_id' must be a form field, not a file",
+                             code="invalid_document_id", param="document_id")
+    return files, document_id, metadata
 
 
-@router.post("/documents", status_code=202)
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "txt, md, html, pdf, json or jsonl files"},
+                    "document_id": {"type": "string",
+                                    "description": "Default: derived from the file name"},
+                    "metadata": {"type": "string", "description": "A JSON object"},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("/documents", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
 async def upload_documents(request: Request, tenant: CurrentTenant, state: AppState) -> dict:
     files, document_id, metadata = await _read_upload(request, state)
     out = await asyncio.to_thread(state.documents.upload, tenant.id, files, document_id, metadata)

@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from service.errors import ORJSONResponse
+from service.routes import JSONRoute
 from service.state import AppState
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=JSONRoute)
 
 
 @router.get("/healthz")
@@ -46,7 +47,7 @@ async def readyz(state: AppState) -> ORJSONResponse:
     return ORJSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: AppState) -> Response:
     state.metrics.engine_replicas_healthy.set(state.pool.healthy_count)
     state.metrics.set_job_counts(await asyncio.to_thread(state.documents.job_counts))

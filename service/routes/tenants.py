@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from service.policy import Policy
+from service.routes import JSONRoute
 from service.state import Admin, AppState, CurrentTenant
 
-router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
-me_router = APIRouter(prefix="/v1", tags=["tenants"])
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"], route_class=JSONRoute)
+me_router = APIRouter(prefix="/v1", tags=["tenants"], route_class=JSONRoute)
 
 
 @me_router.get("/me")
@@ -60,5 +62,16 @@ async def rotate_key(
 
 @router.delete("/{tenant_id}", status_code=204)
 async def delete_tenant(tenant_id: str, state: AppState, _: Admin) -> Response:
+    # The rows first (its keys stop working at once, its ids are 404), then everything the rows
+    # pointed to, so that a tenant created later with the same id inherits nothing.
     await asyncio.to_thread(state.tenants.delete, tenant_id)
+    await asyncio.to_thread(purge_tenant_data, state, tenant_id)
+    await state.adapters.reconcile()  # its adapters leave the engines
     return Response(status_code=204)
+
+
+def purge_tenant_data(state, tenant_id: str) -> None:
+    state.store.delete_tenant(tenant_id)
+    for folder in (state.settings.data_dir / "uploads" / tenant_id,
+                   state.settings.resolved_adapters_root / tenant_id):
+        shutil.rmtree(folder, ignore_errors=True)
