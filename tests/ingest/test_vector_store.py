@@ -218,6 +218,11 @@ def test_delete_version_and_delete_document(store: ChunkStore) -> None:
     store.delete_document("acme", "never-uploaded")  # deleting nothing is fine
     store.delete_version("nobody", "policy", 1)
 
+    store.delete_tenant("acme")  # the tenant was deleted: all its chunks, no one else's
+    assert store.count("acme") == 0 and store.count("other") == 2
+    assert store.search("acme", unit(rng)[0].tolist(), 20) == []
+    store.delete_tenant("nobody")
+
 
 def test_reupserting_the_same_chunks_overwrites(store: ChunkStore) -> None:
     rng = np.random.default_rng(5)
