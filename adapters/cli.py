@@ -120,7 +120,8 @@ def parse_examples(value: str | None) -> list[str]:
     if not value:
         return []
     path = Path(value)
-    is_file = len(value) < 4096 and path.is_file()
+    # A JSON list is never taken for a path (a long one is "File name too long" to the OS).
+    is_file = not value.lstrip().startswith("[") and path.is_file()
     text = path.read_text(encoding="utf-8") if is_file else value
     if text.lstrip().startswith("["):
         items = json.loads(text)

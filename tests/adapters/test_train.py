@@ -216,3 +216,18 @@ def test_cli_train_reports_bad_json_by_line(tmp_path: Path, monkeypatch) -> None
         adapters_app, ["train", "--data", str(data), "--out", str(tmp_path / "out")]
     )
     assert result.exit_code == 2 and "train.jsonl line 2" in result.output
+
+
+def test_register_examples_from_a_json_list_a_training_file_or_lines(tmp_path: Path) -> None:
+    from adapters.cli import parse_examples
+
+    long_list = [f"Write a Skerry rule number {i} for zone heron" for i in range(40)]
+    assert parse_examples(json.dumps(long_list)) == long_list  # ~2 KB: not a file name
+    rows = tmp_path / "train.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in secret_codes(30)))
+    assert parse_examples(str(rows))[:2] == ["Code for item 0?", "Code for item 1?"]
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("first\n\nsecond\n")
+    assert parse_examples(str(lines)) == ["first", "second"]
+    with pytest.raises(ValueError):
+        parse_examples("not json and no such file")
