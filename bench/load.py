@@ -61,6 +61,8 @@ def packed(folder: Path) -> bytes:
 async def setup(s: aiohttp.ClientSession, url: str, admin: str, tmp: Path, model_dir: Path):
     from tests.integration.lora_fixtures import make_random_lora
 
+    # First: making it takes seconds, and an idle keep-alive connection may be closed meanwhile.
+    lora = make_random_lora(tmp / "lora", model_dir, seed=1, rank=8, scale=0.3)
     keys = {
         "prompt": tenant_key(url, admin, "load-prompt", {"mode": "prompt"}),
         "rag": tenant_key(url, admin, "load-rag", {"mode": "rag"}),
@@ -74,7 +76,6 @@ async def setup(s: aiohttp.ClientSession, url: str, admin: str, tmp: Path, model
     async with s.post(f"{url}/v1/documents", data=form,
                       headers={"Authorization": f"Bearer {keys['rag']}"}) as r:
         assert r.status == 202, await r.text()
-    lora = make_random_lora(tmp / "lora", model_dir, seed=1, rank=8, scale=0.3)
     form = aiohttp.FormData()
     form.add_field("name", "loadtest")
     form.add_field("file", packed(lora), filename="a.tar.gz")
