@@ -384,10 +384,11 @@ class AdapterService:
             return [_served(v) for v in s.scalars(q.order_by(Adapter.name)).all()]
 
     # ---- reconcile ----------------------------------------------------------------------------
-    def desired(self) -> tuple[list[tuple[str, str]], set[str]]:
+    def desired(self) -> tuple[list[tuple[str, str]], set[str], list[tuple[str, str]]]:
         """What every replica should hold, most wanted first ((name, path): current versions,
-        and retired ones inside their grace period), and the names to keep where present but
-        not load (versions another process is loading right now)."""
+        and retired ones inside their grace period), the names to keep where present but not
+        load (versions another process is loading right now), and the adapters left in
+        `deleting` (a purge that did not finish: the process died) as (tenant, name)."""
         grace = utcnow() - timedelta(seconds=self.limits.retire_grace_s)
         with self.registry.session() as s:
             rows = s.execute(
@@ -401,8 +402,6 @@ class AdapterService:
             deleting = s.execute(
                 select(Adapter.tenant_id, Adapter.name).where(Adapter.state == "deleting")
             ).all()
-        for tenant_id, name in deleting:
-            self.schedule_purge(tenant_id, name)
         wanted, loading = [], set()
         for ename, path, state, retired_at, updated in rows:
             if state == "loading":
@@ -412,7 +411,7 @@ class AdapterService:
         # Recently used here first, then recently changed.
         order = {n: i for i, n in enumerate(self._recently_used())}
         wanted.sort(key=lambda w: (-order.get(w[0], -1), -w[2].timestamp()))
-        return [(n, p) for n, p, _ in wanted], loading
+        return [(n, p) for n, p, _ in wanted], loading, [tuple(d) for d in deleting]
 
     def _recently_used(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -423,7 +422,10 @@ class AdapterService:
         return list(seen)
 
     async def reconcile(self) -> None:
-        wanted, loading = await asyncio.to_thread(self.desired)
+        wanted, loading, deleting = await asyncio.to_thread(self.desired)
+        for tenant_id, name in deleting:
+            if not any(t.get_name() == f"purge-{tenant_id}-{name}" for t in self._tasks):
+                self.schedule_purge(tenant_id, name)
         for replica in self.engines.pool.replicas:
             if not replica.healthy:
                 continue

@@ -394,3 +394,19 @@ def test_adapter_metrics(client, tmp_path):
     assert "ragtune_adapter_loads_total 2.0" in text  # two replicas
     assert 'ragtune_adapter_requests_total{adapter="warelang@1"} 1.0' in text
     assert "ragtune_adapter_load_duration_seconds_count 2.0" in text
+
+
+def test_reconcile_finishes_a_delete_a_dead_process_left_half_done(client, engines, tmp_path):
+    tenant, headers = new_tenant(client)
+    assert register(client, headers, archive(tmp_path)).status_code == 201
+    state = client.app.state.ragtune
+    state.adapters.mark_deleting(tenant, "warelang")  # ... and the process died before purging
+    assert_error(chat(client, headers, model="warelang"), 404, "model_not_found")
+    deadline = time.monotonic() + 5  # the reconcile loop runs every 0.2 s here
+    while (stored_files(client) or any(e.loras for e in engines)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored_files(client) == [] and all(not e.loras for e in engines)
+    from service.registry.models import Adapter
+
+    with state.registry.session() as s:
+        assert s.get(Adapter, (tenant, "warelang")) is None
