@@ -116,8 +116,10 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
     print(f"\n2. what auto adds over the prompt path ({rounds} rounds, max_tokens 1)")
     queries = [(t, r["query"]) for t, path in SETS.items() for r in rows(path)]
     cost = {"prompt": [], "auto": []}
+    auto_buckets: dict[float, float] = {}
     for i in range(rounds):
         for mode in (("prompt", "auto") if i % 2 == 0 else ("auto", "prompt")):
+            before = _buckets(c.get("/metrics").text)
             for t in SETS:
                 c.patch(f"/v1/tenants/{t}", headers={"Authorization": f"Bearer {admin}"},
                         json={"policy": {"mode": mode}}).raise_for_status()
@@ -129,6 +131,10 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
                 elapsed = time.perf_counter() - started
                 r.raise_for_status()
                 cost[mode].append(elapsed)
+            if mode == "auto":  # the decisions of this round only
+                after = _buckets(c.get("/metrics").text)
+                for le, n in after.items():
+                    auto_buckets[le] = auto_buckets.get(le, 0.0) + n - before.get(le, 0.0)
     p50 = {m: percentile(v, 50) * 1e3 for m, v in cost.items()}
     p99 = {m: percentile(v, 99) * 1e3 for m, v in cost.items()}
     print(f"   end to end p50: prompt {p50['prompt']:.1f} ms, auto {p50['auto']:.1f} ms "
@@ -143,10 +149,10 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
             decided[path] = (s / n * 1e3, int(n))
     print("   the server's decision time (mean, ms): " + ", ".join(
         f"{p} {ms:.2f} (n={n})" for p, (ms, n) in decided.items()))
-    buckets = _decision_p50(metrics)
-    print(f"   decision time p50 over all auto decisions (histogram): <= {buckets:.1f} ms "
+    p50 = _p50_bound(auto_buckets)
+    print(f"   auto's decision time p50 (histogram of the auto rounds only): <= {p50:.1f} ms "
           "(goal <= 10 ms)")
-    return buckets <= 10
+    return p50 <= 10
 
 
 def _metric(text: str, name: str, path: str) -> float:
@@ -154,8 +160,8 @@ def _metric(text: str, name: str, path: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _decision_p50(text: str) -> float:
-    """The upper bound (ms) of the histogram bucket holding the median decision."""
+def _buckets(text: str) -> dict[float, float]:
+    """Cumulative decision-time histogram over all paths: upper bound (s) -> count."""
     per_le: dict[float, float] = {}
     for m in re.finditer(
         r'^ragtune_route_decision_duration_seconds_bucket{le="([^"]+)",path="[^"]+"} (\S+)$',
@@ -163,16 +169,21 @@ def _decision_p50(text: str) -> float:
     ):
         le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
         per_le[le] = per_le.get(le, 0.0) + float(m.group(2))
+    return per_le
+
+
+def _p50_bound(per_le: dict[float, float]) -> float:
+    """The upper bound (ms) of the histogram bucket holding the median decision."""
     total = per_le.get(float("inf"), 0.0)
     for le in sorted(per_le):
-        if per_le[le] >= total / 2:
+        if total and per_le[le] >= total / 2:
             return le * 1e3
     return float("inf")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--model-dir", type=Path, default=REPO / ".data/models/base")
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
