@@ -6,9 +6,14 @@ called by `PunicaWrapperCPU`) gather `lora_weights[lora_indices]`, and in torch 
 *the last adapter slot*. So a base-model request that shares a batch with adapter requests gets
 whatever adapter sits in slot `max_loras - 1`: one tenant's adapter applied to another's request.
 
-Fix: wrap the three bgmv ops so that rows with index -1 leave the output exactly as they found
-it, which is what the GPU kernels do. The sgmv ops need no wrapping: they expand their indices
-per token and then call the bgmv ops through their module's globals, which we replace.
+Fix: replace the three bgmv ops by ones that compute per adapter slot, `rows @ W[slot].T`, for
+the rows tagged with that slot only, and leave rows tagged -1 exactly as they found them, which
+is what the GPU kernels do. Besides closing the leak this is much faster: the originals gather a
+whole weight matrix per token (`lora_weights[indices]`), so a prefill of a few thousand tokens
+(a RAG prompt) batched with one adapter request ran every token through a gathered einsum
+(measured: 32 mixed requests took ~64 s together). The sgmv ops need no change: they expand
+their indices per token and then call the bgmv ops through their module's globals, which we
+replace. Shapes the grouped form does not cover fall back to the original op, masked.
 
 A second fault of the same CPU wrapper: `add_lora_logits` pairs the logits rows with
 `sampler_indices` (one per sampled sequence), but prompt logprobs compute logits for every prompt
@@ -91,6 +96,65 @@ def _prompt_rows_safe(add_lora_logits):
     return add
 
 
+def _slots(indices: torch.Tensor) -> list[int]:
+    return [s for s in torch.unique(indices).tolist() if s >= 0]
+
+
+def _per_slot(inputs, weights, indices, dtype):
+    """(rows, rows' inputs @ W[slot].T) for each adapter slot in `indices`; -1 rows are skipped."""
+    w = weights.squeeze(1) if weights.dim() == 4 else weights  # (slots, out, in)
+    x = inputs.to(dtype)
+    for slot in _slots(indices):
+        rows = (indices == slot).nonzero().squeeze(1)
+        yield rows, x.index_select(0, rows) @ w[slot].to(dtype).T
+
+
+def _grouped(name: str, original):
+    masked = _keep_base_rows(original)
+
+    def uncovered(inputs, output, indices) -> bool:
+        # The originals broadcast a single input row over all output rows in expand; indices
+        # that do not name one row each are theirs to handle too.
+        return indices.numel() != inputs.shape[0] or (
+            inputs.shape[0] == 1 and output.shape[0] != 1
+        )
+
+    def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+        if uncovered(inputs, output_tensor, lora_indices_tensor):
+            return masked(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
+        for rows, out in _per_slot(inputs, lora_a_weights, lora_indices_tensor,
+                                   output_tensor.dtype):
+            output_tensor[rows, : out.shape[1]] = scaling * out
+
+    def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs=True):
+        if uncovered(inputs, output_tensor, lora_indices_tensor):
+            return masked(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs)
+        for rows, out in _per_slot(inputs, lora_b_weights, lora_indices_tensor,
+                                   output_tensor.dtype):
+            n = min(out.shape[1], output_tensor.shape[1])
+            if add_inputs:
+                output_tensor[rows, :n] += out[:, :n]
+            else:
+                output_tensor[rows, :n] = out[:, :n]
+
+    def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor,
+                          slice_offset, slice_size, add_inputs=True):
+        if uncovered(inputs, output_tensor, lora_indices_tensor):
+            return masked(inputs, lora_b_weights, output_tensor, lora_indices_tensor,
+                          slice_offset, slice_size, add_inputs)
+        end = slice_offset + slice_size
+        for rows, out in _per_slot(inputs, lora_b_weights, lora_indices_tensor,
+                                   output_tensor.dtype):
+            if add_inputs:
+                output_tensor[rows, slice_offset:end] += out
+            else:
+                output_tensor[rows, slice_offset:end] = out
+
+    op = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand,
+          "bgmv_expand_slice": bgmv_expand_slice}[name]
+    return functools.wraps(original)(op)
+
+
 def register() -> None:
     if os.environ.get(DISABLE_ENV) == "1":
         logger.warning("ragtune: LoRA batch isolation fix DISABLED by %s=1", DISABLE_ENV)
@@ -115,7 +179,7 @@ def register() -> None:
             )
         if not _leaks(original, extra):
             continue
-        wrapped = _keep_base_rows(original)
+        wrapped = _grouped(name, original)
         # `from ... import bgmv_shrink` copies the reference into each importer (the ops
         # module's package, punica_cpu, ...): rebind it everywhere vLLM holds it. The sgmv ops
         # call it through the ops module's globals, so they are covered too; modules imported
