@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import secrets
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adapters.archive import pack_adapter  # noqa: E402
 from bench._common import (  # noqa: E402
     RagtuneProcess,
     free_port,
@@ -70,13 +69,6 @@ def make_adapters(n: int, rank: int, base_model_dir: Path, out: Path) -> list[Pa
         folders.append(folder)
     return folders
 
-
-def packed(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for f in sorted(folder.iterdir()):
-            tf.add(f, arcname=f.name)
-    return buf.getvalue()
 
 
 async def register(session, url, key, name: str, data: bytes) -> float:
@@ -137,7 +129,7 @@ async def workload(session, url, key, models: list[str], n: int, concurrency: in
 async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
     base_key = tenant_key(url, admin_key, "bench-base", {"mode": "prompt"})
     key = tenant_key(url, admin_key, "bench-adapters", {"mode": "prompt"})
-    archives = [packed(f) for f in folders]
+    archives = [pack_adapter(f) for f in folders]
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     ok = True
     async with aiohttp.ClientSession(timeout=timeout) as session:

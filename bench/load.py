@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import secrets
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from collections import defaultdict
@@ -33,6 +31,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from adapters.archive import pack_adapter  # noqa: E402
 from bench._common import RagtuneProcess, free_port, percentile, tenant_key  # noqa: E402
 
 QUESTIONS = {
@@ -49,13 +48,6 @@ def rss_mib(pid: int) -> float:
             return int(line.split()[1]) / 1024
     return float("nan")
 
-
-def packed(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for f in sorted(folder.iterdir()):
-            tf.add(f, arcname=f.name)
-    return buf.getvalue()
 
 
 async def setup(s: aiohttp.ClientSession, url: str, admin: str, tmp: Path, model_dir: Path):
@@ -78,7 +70,7 @@ async def setup(s: aiohttp.ClientSession, url: str, admin: str, tmp: Path, model
         assert r.status == 202, await r.text()
     form = aiohttp.FormData()
     form.add_field("name", "loadtest")
-    form.add_field("file", packed(lora), filename="a.tar.gz")
+    form.add_field("file", pack_adapter(lora), filename="a.tar.gz")
     async with s.post(f"{url}/v1/adapters", data=form,
                       headers={"Authorization": f"Bearer {keys['adapter']}"}) as r:
         assert r.status == 201, await r.text()

@@ -19,7 +19,6 @@ tests/adapters/test_adapters_api.py::test_bad_adapters_are_refused_and_leave_not
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from service.app import create_app
 from tests.adapters import factories as f
 from tests.conftest import ADMIN_KEY, assert_error, make_settings, new_tenant
 from tests.fake_engine import FakeEngine
+from tests.ingest.test_documents_api import wait_job
 
 CHAT = "/v1/chat/completions"
 OK = {"messages": [{"role": "user", "content": "hi"}]}
@@ -45,16 +45,6 @@ class Svc:
     b: dict[str, str]
     a_id: str
     b_id: str
-
-
-def wait_job(client, headers, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if body["state"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end")
 
 
 def index(client, headers, name: str, content: bytes, **data) -> dict:

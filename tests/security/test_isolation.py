@@ -17,7 +17,6 @@ one suite across every endpoint.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from service.app import create_app
 from tests.adapters import factories as f
 from tests.conftest import ADMIN_KEY, assert_error, make_settings, new_tenant
 from tests.fake_engine import FakeEngine
+from tests.ingest.test_documents_api import wait_job
 
 CHAT = "/v1/chat/completions"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -51,16 +51,6 @@ class World:
     def ids(self) -> dict[str, str]:
         return {"doc": "nimbus", "job": self.job_id, "adapter": "warelang", "a": self.a_id,
                 "b": self.b_id}
-
-
-def wait_job(client, headers, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if body["state"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end")
 
 
 def index(client, headers, name: str, text: str) -> str:
