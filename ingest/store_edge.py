@@ -31,6 +31,7 @@ from ingest.vector_store import (
     DOCUMENT_KEY,
     TENANT_KEY,
     Chunk,
+    DeletesByFilter,
     Hit,
     QdrantSettings,
     VectorStoreError,
@@ -47,7 +48,7 @@ log = logging.getLogger("ragtune.vector_store")
 _CONFIG_FILE = "edge_config.json"
 
 
-class EdgeChunkStore:
+class EdgeChunkStore(DeletesByFilter):
     def __init__(self, path: Path, settings: QdrantSettings) -> None:
         self.path = path
         self._settings = settings
@@ -144,20 +145,9 @@ class EdgeChunkStore:
             shard.update(qe.UpdateOperation.upsert_points(points))
             self._written(len(points))
 
-    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
-        require_tenant(tenant_id)
-        self._delete(
-            _match(TENANT_KEY, tenant_id),
-            _match(DOC_VERSION_KEY, doc_version(document_id, version)),
-        )
-
-    def delete_document(self, tenant_id: str, document_id: str) -> None:
-        require_tenant(tenant_id)
-        self._delete(_match(TENANT_KEY, tenant_id), _match(DOCUMENT_KEY, document_id))
-
-    def delete_tenant(self, tenant_id: str) -> None:
-        require_tenant(tenant_id)
-        self._delete(_match(TENANT_KEY, tenant_id))
+    @staticmethod
+    def _match(key: str, value: str):
+        return _match(key, value)
 
     def _delete(self, *must: qe.FieldCondition) -> None:
         with self._lock:

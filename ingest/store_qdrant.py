@@ -28,6 +28,7 @@ from ingest.vector_store import (
     TENANT_KEY,
     VERSION_KEY,
     Chunk,
+    DeletesByFilter,
     Hit,
     QdrantSettings,
     VectorStoreError,
@@ -39,7 +40,7 @@ from ingest.vector_store import (
 log = logging.getLogger("ragtune.vector_store")
 
 
-class ServerChunkStore:
+class ServerChunkStore(DeletesByFilter):
     def __init__(self, client: QdrantClient, settings: QdrantSettings) -> None:
         self._client = client
         self._settings = settings
@@ -122,20 +123,9 @@ class ServerChunkStore:
         check_chunks(chunks, self._dim)
         store.add([_node(c) for c in chunks])
 
-    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
-        require_tenant(tenant_id)
-        self._delete(
-            _match(TENANT_KEY, tenant_id),
-            _match(DOC_VERSION_KEY, doc_version(document_id, version)),
-        )
-
-    def delete_document(self, tenant_id: str, document_id: str) -> None:
-        require_tenant(tenant_id)
-        self._delete(_match(TENANT_KEY, tenant_id), _match(DOCUMENT_KEY, document_id))
-
-    def delete_tenant(self, tenant_id: str) -> None:
-        require_tenant(tenant_id)
-        self._delete(_match(TENANT_KEY, tenant_id))
+    @staticmethod
+    def _match(key: str, value: str):
+        return _match(key, value)
 
     def _delete(self, *must: models.FieldCondition) -> None:
         if self._store is None:

@@ -142,6 +142,26 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
+class DeletesByFilter:
+    """The deletions both stores share: each is one filtered delete, built from the store's own
+    `_match(key, value)` condition and run by its `_delete(*conditions)`."""
+
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
+        require_tenant(tenant_id)
+        self._delete(
+            self._match(TENANT_KEY, tenant_id),
+            self._match(DOC_VERSION_KEY, doc_version(document_id, version)),
+        )
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        require_tenant(tenant_id)
+        self._delete(self._match(TENANT_KEY, tenant_id), self._match(DOCUMENT_KEY, document_id))
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        require_tenant(tenant_id)
+        self._delete(self._match(TENANT_KEY, tenant_id))
+
+
 class VectorStoreError(RuntimeError):
     """The store cannot do what was asked (not created yet, wrong dimension, closed)."""
 
