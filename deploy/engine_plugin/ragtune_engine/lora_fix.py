@@ -9,10 +9,10 @@ whatever adapter sits in slot `max_loras - 1`: one tenant's adapter applied to a
 Fix: replace the three bgmv ops by ones that compute only the rows tagged with an adapter slot
 (one gathered product when they are few, as in decode steps; a matmul per slot, `rows @
 W[slot].T`, when they are many, as in prefill) and leave rows tagged -1 exactly as they found
-them, which is what the GPU kernels do. Besides closing the leak this is much faster: the originals gather a
-whole weight matrix per token (`lora_weights[indices]`), so a prefill of a few thousand tokens
-(a RAG prompt) batched with one adapter request ran every token through a gathered einsum
-(measured: 32 mixed requests took ~64 s together). The sgmv ops need no change: they expand
+them, which is what the GPU kernels do. Besides closing the leak this is much faster for
+prefill: the originals gather a whole weight matrix per token (`lora_weights[indices]`), so a
+prefill of a few thousand tokens (a RAG prompt) batched with one adapter request ran every token
+through a gathered einsum (measured: 32 mixed requests took ~64 s together). The sgmv ops need no change: they expand
 their indices per token and then call the bgmv ops through their module's globals, which we
 replace. Shapes the grouped form does not cover fall back to the original op, masked.
 
