@@ -12,9 +12,9 @@ W[slot].T`, when they are many, as in prefill) and leave rows tagged -1 exactly 
 them, which is what the GPU kernels do. Besides closing the leak this is much faster for
 prefill: the originals gather a whole weight matrix per token (`lora_weights[indices]`), so a
 prefill of a few thousand tokens (a RAG prompt) batched with one adapter request ran every token
-through a gathered einsum (measured: 32 mixed requests took ~64 s together). The sgmv ops need no change: they expand
-their indices per token and then call the bgmv ops through their module's globals, which we
-replace. Shapes the grouped form does not cover fall back to the original op, masked.
+through a gathered einsum (measured: 32 mixed requests took ~64 s together). The sgmv ops need
+no change: they expand their indices per token and then call the bgmv ops through their
+module's globals, which we replace. Shapes the grouped form does not cover fall back to the original op, masked.
 
 A second fault of the same CPU wrapper: `add_lora_logits` pairs the logits rows with
 `sampler_indices` (one per sampled sequence), but prompt logprobs compute logits for every prompt
