@@ -14,7 +14,8 @@ prefill: the originals gather a whole weight matrix per token (`lora_weights[ind
 prefill of a few thousand tokens (a RAG prompt) batched with one adapter request ran every token
 through a gathered einsum (measured: 32 mixed requests took ~64 s together). The sgmv ops need
 no change: they expand their indices per token and then call the bgmv ops through their
-module's globals, which we replace. Shapes the grouped form does not cover fall back to the original op, masked.
+module's globals, which we replace. Shapes the grouped form does not cover fall back to the
+original op, masked.
 
 A second fault of the same CPU wrapper: `add_lora_logits` pairs the logits rows with
 `sampler_indices` (one per sampled sequence), but prompt logprobs compute logits for every prompt
