@@ -11,19 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "engine_plugin"))
-from ragtune_engine import lora_fix  # noqa: E402
 from ragtune_engine.lora_fix import _grouped, _leaks  # noqa: E402
 
 SLOTS, T = 3, 7
 INDICES = torch.tensor([0, -1, 2, 2, -1, 0, 1])
-
-
-@pytest.fixture(autouse=True, params=["gathered", "per-slot"])
-def path(request, monkeypatch):
-    """Both ways of computing: one gathered product over few rows, a matmul per slot beyond."""
-    if request.param == "per-slot":
-        monkeypatch.setattr(lora_fix, "GATHER_MAX_ROWS", 0)
-    return request.param
 
 
 def never(*args, **kwargs):
