@@ -55,7 +55,9 @@ class EnginePool:
     async def start(self) -> None:
         # No connection limit: the engine does its own batching and queueing.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # Shorter than the engine's own keep-alive (uvicorn's 5 s, vLLM's server), so that a
+            # pooled connection is dropped here before the engine closes it.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
             timeout=self._timeout,
             headers=self._headers,
             json_serialize=lambda o: orjson.dumps(o).decode(),
@@ -109,8 +111,11 @@ class EnginePool:
     @contextlib.asynccontextmanager
     async def _post(self, path: str, body: dict) -> AsyncIterator[aiohttp.ClientResponse]:
         tried: set[Replica] = set()
+        retried: set[Replica] = set()
+        retry_same: Replica | None = None
         while True:
-            replica = self.pick(tried)
+            replica = retry_same or self.pick(tried)
+            retry_same = None
             tried.add(replica)
             replica.inflight += 1
             try:
@@ -122,7 +127,14 @@ class EnginePool:
                     # replica down nor send the request a second time.
                     raise EngineUnavailable("the LLM engine did not answer in time") from exc
                 except (aiohttp.ClientConnectionError, OSError) as exc:
-                    # Refused/reset before the engine took the request: safe to try elsewhere.
+                    # Refused/reset before the engine took the request: safe to send again.
+                    # A pooled connection the engine closed while idle fails this way too, so
+                    # the same replica gets one more try on a fresh connection before it is
+                    # marked down and the request goes elsewhere.
+                    if replica not in retried:
+                        retried.add(replica)
+                        retry_same = replica
+                        continue
                     log.warning("engine replica %s failed: %s", replica.url, exc)
                     self._set_health(replica, False)
                     continue
