@@ -91,9 +91,9 @@ def decide_auto(
     retrieval for the facts); else the knowledge base answers when its best chunk clears the
     tenant's floor; else the base model answers alone. `adapter_match`: (label, similarity)
     of the best-matching adapter, None when the tenant has none."""
-    signals: dict = {"top_score": _round(top_score)}
+    signals: dict = {"top_score": round_signal(top_score)}
     if adapter_match is not None:
-        signals["adapter_match"] = _round(adapter_match[1])
+        signals["adapter_match"] = round_signal(adapter_match[1])
     if adapter_match is not None and adapter_match[1] >= policy.adapter_match_min:
         label, score = adapter_match
         return RouteDecision(
@@ -132,5 +132,5 @@ def decide_auto(
     )
 
 
-def _round(value: float | None) -> float | None:
+def round_signal(value: float | None) -> float | None:
     return None if value is None else round(value, 4)

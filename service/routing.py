@@ -18,7 +18,7 @@ from adapters.service import AdapterService, ServedAdapter
 from service.context import fit_to_budget
 from service.errors import InvalidRequest
 from service.metrics import Metrics
-from service.policy import Policy, RouteDecision, decide_auto, requested_path
+from service.policy import Policy, RouteDecision, decide_auto, requested_path, round_signal
 from service.rag import RetrievalUnavailable, Retriever, citations
 
 
@@ -100,9 +100,10 @@ class Router:
         else:
             if wanted == "adapter_rag" and adapter is None:
                 adapter, why = _pick_adapter(policy, candidates, match, why)
-            decision = RouteDecision(wanted, why, signals={"top_score": _round(top)}, kind=kind)
+            signals = {"top_score": round_signal(top)}
+            decision = RouteDecision(wanted, why, signals=signals, kind=kind)
             if match is not None:
-                decision.signals["adapter_match"] = _round(match[1])
+                decision.signals["adapter_match"] = round_signal(match[1])
         if adapter is not None:
             decision.adapter = adapter.label
         if down is not None:
@@ -175,7 +176,3 @@ def _why(wanted: str, forced: str | None, named: ServedAdapter | None) -> str:
     if forced:
         return f"the request forced route '{wanted}'"
     return f"the tenant's policy mode is '{wanted}'"
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
