@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +201,27 @@ class RagtuneProcess:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 out.append(f"--- last lines of {path} ---\n" + "\n".join(tail))
         return "\n".join(out)
+
+
+@contextlib.contextmanager
+def served_ragtune(
+    tmp: Path, model_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[RagtuneProcess]:
+    """`ragtune serve` (which spawns vLLM) in `tmp/data` on free ports for one with-block:
+    started, waited for, and stopped on the way out; its logs are printed if the block fails."""
+    proc = RagtuneProcess(
+        data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12), port=free_port(),
+        engine_port=free_port(), model_dir=Path(model_dir).resolve(), extra_env=extra_env,
+    )
+    try:
+        proc.start()
+        print(f"ragtune ready after {proc.wait_ready(900):.0f}s", flush=True)
+        yield proc
+    except BaseException:
+        print(proc.log_tails(), file=sys.stderr)
+        raise
+    finally:
+        print(proc.stop(), flush=True)
 
 
 def _port_closes(port: int, timeout_s: float) -> bool:

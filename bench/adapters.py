@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import shutil
 import sys
 import tempfile
@@ -35,12 +34,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.archive import pack_adapter  # noqa: E402
-from bench._common import (  # noqa: E402
-    RagtuneProcess,
-    free_port,
-    percentile,
-    tenant_key,
-)
+from bench._common import percentile, served_ragtune, tenant_key  # noqa: E402
 
 PROMPTS = ["Name a fruit.", "Count to three.", "Say hello.", "What colour is the sky?"]
 
@@ -212,24 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-adapters-"))
-    proc = RagtuneProcess(
-        data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12), port=free_port(),
-        engine_port=free_port(), model_dir=args.model_dir.resolve(),
-        extra_env={"RAGTUNE_ADAPTERS__MAX_RESIDENT": str(args.max_resident)},
-    )
     failed = True
     try:
         print(f"making {min(max(args.adapters), 8)} distinct rank-{args.rank} adapters ...")
         folders = make_adapters(min(max(args.adapters), 8), args.rank, args.model_dir, tmp)
-        proc.start()
-        print(f"ragtune ready after {proc.wait_ready(900):.0f}s")
-        ok = asyncio.run(measure(args, proc.url, proc.admin_key, folders))
+        env = {"RAGTUNE_ADAPTERS__MAX_RESIDENT": str(args.max_resident)}
+        with served_ragtune(tmp, args.model_dir, env) as proc:
+            ok = asyncio.run(measure(args, proc.url, proc.admin_key, folders))
         failed = False
         return 2 if args.check and not ok else 0
     finally:
-        print(proc.stop())
         if failed:
-            print(proc.log_tails(), file=sys.stderr)
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(REPO / "examples" / "dsl"))
 
 from score import score  # noqa: E402
 
-from bench._common import RagtuneProcess, free_port  # noqa: E402
+from bench._common import served_ragtune  # noqa: E402
 
 DSL = REPO / "examples" / "dsl"
 RAGTUNE = str(Path(sys.executable).with_name("ragtune"))
@@ -111,13 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"1. adapters ({args.steps} steps each)")
     plain = args.adapter_dir or train(store / "skerry", args.steps, args.model_dir, False)
     raft = args.rag_adapter_dir or train(store / "skerry-raft", args.steps, args.model_dir, True)
-    proc = RagtuneProcess(data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12),
-                          port=free_port(), engine_port=free_port(),
-                          model_dir=args.model_dir.resolve())
+    print("2. the four arms through ragtune")
     try:
-        proc.start()
-        print(f"2. ragtune ready after {proc.wait_ready(900):.0f}s")
-        with httpx.Client(base_url=proc.url, timeout=600) as c:
+        with served_ragtune(tmp, args.model_dir) as proc, \
+                httpx.Client(base_url=proc.url, timeout=600) as c:
             admin = proc.admin_key
             k_base = tenant(c, admin, "dsl-base", {"mode": "prompt"})
             k_rag = tenant(c, admin, "dsl-rag", {"mode": "rag", "top_k": 2})
@@ -147,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(sn['task_correct'] if sn else float('nan')):>22.0%}")
         return 0
     finally:
-        print(proc.stop())
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from adapters.archive import pack_adapter  # noqa: E402
-from bench._common import RagtuneProcess, free_port, percentile, tenant_key  # noqa: E402
+from bench._common import percentile, served_ragtune, tenant_key  # noqa: E402
 
 QUESTIONS = {
     "prompt": ["Name a fruit.", "Say hello in French.", "What colour is grass?"],
@@ -172,16 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-load-"))
-    proc = RagtuneProcess(data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12),
-                          port=free_port(), engine_port=free_port(),
-                          model_dir=args.model_dir.resolve())
     try:
-        proc.start()
-        print(f"ragtune ready after {proc.wait_ready(900):.0f}s")
-        ok = asyncio.run(run(args, proc.url, proc.admin_key, proc.proc.pid, tmp))
+        with served_ragtune(tmp, args.model_dir) as proc:
+            ok = asyncio.run(run(args, proc.url, proc.admin_key, proc.proc.pid, tmp))
         return 2 if args.check and not ok else 0
     finally:
-        print(proc.stop())
         shutil.rmtree(tmp, ignore_errors=True)
 
 

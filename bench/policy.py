@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import RagtuneProcess, free_port, percentile  # noqa: E402
+from bench._common import percentile, served_ragtune  # noqa: E402
 
 EX = REPO / "examples"
 SETS = {
@@ -189,20 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-policy-"))
-    proc = RagtuneProcess(data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12),
-                          port=free_port(), engine_port=free_port(),
-                          model_dir=args.model_dir.resolve())
-    ok = False
     try:
-        proc.start()
-        print(f"ragtune ready after {proc.wait_ready(900):.0f}s")
-        with httpx.Client(base_url=proc.url, timeout=300) as c:
+        with served_ragtune(tmp, args.model_dir) as proc, \
+                httpx.Client(base_url=proc.url, timeout=300) as c:
             keys = setup(c, proc.admin_key, tmp, args.model_dir)
             accuracy(c, proc.admin_key, keys, tmp)
             ok = latency(c, proc.admin_key, keys, args.rounds)
         return 2 if args.check and not ok else 0
     finally:
-        print(proc.stop())
         shutil.rmtree(tmp, ignore_errors=True)
 
 
