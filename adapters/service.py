@@ -15,11 +15,15 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 
 from adapters.archive import resolve_under_root
 from adapters.engine import EngineAdapters, engine_name
@@ -46,7 +50,8 @@ class ServedAdapter:
     engine_name: str
     path: str
     description: str = ""
-    vectors: list = field(default_factory=list, compare=False, repr=False)
+    # (examples, dim) float32: the embedded description and examples (empty: none)
+    vectors: np.ndarray = field(default_factory=lambda: _NO_VECTORS, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -68,6 +73,11 @@ class AdapterService:
         self.root = settings.resolved_adapters_root
         self.embed_texts = embed_texts  # texts -> vectors (the policy's adapter-match signal)
         self._tasks: set[asyncio.Task] = set()
+        # A ready version's vectors never change (they are written before it is routable), so
+        # the routing path reads them from the registry once per (engine name, creation time):
+        # a re-registered name after a delete is another version with another time.
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._vectors_lock = threading.Lock()
 
     # ---- inputs ---------------------------------------------------------------------------
     def check_inputs(self, name: object, description: object, examples: object) -> list[str]:
@@ -381,7 +391,28 @@ class AdapterService:
             )
             if name is not None:
                 q = q.where(Adapter.name == name)
-            return [_served(v) for v in s.scalars(q.order_by(Adapter.name)).all()]
+            q = q.options(defer(AdapterVersion.example_vectors)).order_by(Adapter.name)
+            return [_served(v, self._vectors_of(s, v)) for v in s.scalars(q).all()]
+
+    def _vectors_of(self, s, v: AdapterVersion) -> np.ndarray:
+        key = (v.engine_name, v.created_at.isoformat())
+        with self._vectors_lock:
+            found = self._vectors.get(key)
+            if found is not None:
+                self._vectors.move_to_end(key)
+                return found
+        rows = s.scalar(
+            select(AdapterVersion.example_vectors).where(
+                AdapterVersion.tenant_id == v.tenant_id, AdapterVersion.name == v.name,
+                AdapterVersion.version == v.version,
+            )
+        )
+        vectors = np.asarray(rows, dtype=np.float32) if rows else _NO_VECTORS
+        with self._vectors_lock:
+            self._vectors[key] = vectors
+            while len(self._vectors) > VECTOR_CACHE_SIZE:
+                self._vectors.popitem(last=False)
+        return vectors
 
     # ---- reconcile ----------------------------------------------------------------------------
     def desired(self) -> tuple[list[tuple[str, str]], set[str], list[tuple[str, str]]]:
@@ -440,9 +471,14 @@ class AdapterService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _served(v: AdapterVersion) -> ServedAdapter:
+_NO_VECTORS = np.zeros((0, 0), dtype=np.float32)
+VECTOR_CACHE_SIZE = 4096
+
+
+def _served(v: AdapterVersion, vectors: np.ndarray | None = None) -> ServedAdapter:
+    """`vectors`: the version's, when the caller wants the match signal (routing)."""
     return ServedAdapter(v.tenant_id, v.name, v.version, v.engine_name, v.path, v.description,
-                         v.example_vectors or [])
+                         _NO_VECTORS if vectors is None else vectors)
 
 
 def _aware(ts):

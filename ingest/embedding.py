@@ -29,16 +29,37 @@ class Embedder:
             embed_batch_size=settings.batch_size,
             model_kwargs={"torch_dtype": getattr(torch, settings.dtype)},
         )
-        self.dim = len(self.model.get_query_embedding("dimension probe"))
-        self.tokenizer = self.model._model.tokenizer
+        self._torch = torch
+        self._st = self.model._model  # the SentenceTransformer llama-index loaded
+        self._query_threads = settings.query_threads
+        self._default_threads = torch.get_num_threads()
         self._lock = threading.Lock()
+        self.dim = len(self.query("dimension probe"))
+        self.tokenizer = self._st.tokenizer
 
     def query(self, text: str) -> list[float]:
+        """The query's embedding: the same model, pooling and normalisation as
+        `HuggingFaceEmbedding.get_query_embedding` (whose vectors the index holds), called
+        without its batching wrapper, which costs more than the forward pass for one short
+        query, and on `query_threads` torch threads (set per calling thread)."""
+        torch = self._torch
         with self._lock:
-            return self.model.get_query_embedding(text)
+            if self._query_threads:
+                torch.set_num_threads(self._query_threads)
+            text = (self._st.prompts.get("query") or "") + text  # what prompt_name="query" adds
+            with torch.inference_mode():
+                features = self._st.preprocess([text])
+                features = {k: v.to(self._st.device) for k, v in features.items()
+                            if isinstance(v, torch.Tensor)}
+                out = self._st(features)["sentence_embedding"].float()
+                if self.model.normalize:
+                    out = torch.nn.functional.normalize(out, p=2, dim=1)
+            return out[0].tolist()
 
     def texts(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
+            if self._query_threads:  # batches do use every core
+                self._torch.set_num_threads(self._default_threads)
             return self.model.get_text_embedding_batch(texts)
 
     def count_tokens(self, text: str) -> int:

@@ -271,16 +271,7 @@ class DocumentService:
     def hidden_versions(self, tenant_id: str) -> list[tuple[str, int]]:
         """(document_id, version) pairs whose points readers must not see right now."""
         with self.registry.session() as s:
-            rows = s.execute(
-                select(DocumentVersion.document_id, DocumentVersion.version)
-                .join(Document, and_(Document.tenant_id == DocumentVersion.tenant_id,
-                                     Document.id == DocumentVersion.document_id))
-                .where(
-                    DocumentVersion.tenant_id == tenant_id,
-                    or_(DocumentVersion.state.in_(HIDDEN_STATES), Document.state == "deleting"),
-                )
-            ).all()
-        return [(r[0], r[1]) for r in rows]
+            return _hidden(s, tenant_id)
 
     def job_counts(self) -> dict[str, int]:
         with self.registry.session() as s:
@@ -299,6 +290,20 @@ class DocumentService:
 
     def has_documents(self, tenant_id: str) -> bool:
         return self.count_current(tenant_id) > 0
+
+    def readable(self, tenant_id: str) -> list[tuple[str, int]] | None:
+        """What a search of the tenant's chunks needs, in one transaction: None when it has no
+        indexed document (nothing to search), else the (document_id, version) pairs to hide."""
+        with self.registry.session() as s:
+            current = s.scalar(
+                select(Document.id).where(
+                    Document.tenant_id == tenant_id, Document.state == "live",
+                    Document.current_version.is_not(None),
+                ).limit(1)
+            )
+            if current is None:
+                return None
+            return _hidden(s, tenant_id)
 
     def current_section_files(self, tenant_id: str) -> list[str]:
         """The parsed sections (JSON files) of the tenant's current document versions."""
@@ -353,3 +358,16 @@ def remove_stored(paths: list[str]) -> None:
             p.parent.rmdir()
         except OSError:
             pass  # other files of the same upload remain
+
+
+def _hidden(s, tenant_id: str) -> list[tuple[str, int]]:
+    rows = s.execute(
+        select(DocumentVersion.document_id, DocumentVersion.version)
+        .join(Document, and_(Document.tenant_id == DocumentVersion.tenant_id,
+                             Document.id == DocumentVersion.document_id))
+        .where(
+            DocumentVersion.tenant_id == tenant_id,
+            or_(DocumentVersion.state.in_(HIDDEN_STATES), Document.state == "deleting"),
+        )
+    ).all()
+    return [(r[0], r[1]) for r in rows]

@@ -44,11 +44,11 @@ class Retriever:
         Raises RetrievalUnavailable when the store fails."""
         started = time.perf_counter()
         try:
-            if not self.documents.has_documents(tenant_id):
+            hidden = self.documents.readable(tenant_id)
+            if hidden is None:
                 # Nothing indexed: no need to embed the question (the common case for
                 # tenants without a knowledge base).
                 return Retrieval([], time.perf_counter() - started)
-            hidden = self.documents.hidden_versions(tenant_id)
             if vector is None:
                 vector = self.embedder.query(query)
             hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)

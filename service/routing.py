@@ -19,7 +19,7 @@ from service.context import fit_to_budget
 from service.errors import InvalidRequest
 from service.metrics import Metrics
 from service.policy import Policy, RouteDecision, decide_auto, requested_path, round_signal
-from service.rag import RetrievalUnavailable, Retriever, citations
+from service.rag import Retrieval, RetrievalUnavailable, Retriever, citations
 
 
 @dataclass
@@ -35,12 +35,20 @@ def best_match(vector, adapters: list[ServedAdapter]) -> tuple[ServedAdapter, fl
     best = None
     q = np.asarray(vector, dtype=np.float32)
     for a in adapters:
-        if not a.vectors:
+        if not len(a.vectors):
             continue
-        score = float((np.asarray(a.vectors, dtype=np.float32) @ q).max())
+        score = float((a.vectors @ q).max())
         if best is None or score > best[1]:
             best = (a, score)
     return best
+
+
+@dataclass
+class Signals:
+    candidates: list[ServedAdapter]
+    match: tuple[ServedAdapter, float] | None
+    retrieval: Retrieval | None
+    down: RetrievalUnavailable | None
 
 
 class Router:
@@ -72,24 +80,17 @@ class Router:
         kind = "named_adapter" if named is not None else "forced" if forced else "policy_mode"
         if wanted == "prompt":
             return Routed(RouteDecision("prompt", why, kind=kind))
-        candidates: list[ServedAdapter] = []
-        if named is None and wanted in ("auto", "adapter_rag") and self.adapters is not None:
-            candidates = await asyncio.to_thread(self.adapters.served, tenant_id)
-        vector = None
-        if any(a.vectors for a in candidates):
-            vector = await asyncio.to_thread(self.retriever.embedder.query, query)
-        match = best_match(vector, candidates) if vector is not None else None
-
-        retrieval, down = None, None
-        try:
-            retrieval = await asyncio.to_thread(
-                self.retriever.retrieve, tenant_id, query, policy.top_k, vector
-            )
-            self.metrics.observe_retrieval(retrieval.seconds)
-        except RetrievalUnavailable as exc:
-            if policy.on_retrieval_error == "fail":
-                raise
-            down = exc
+        with_adapters = (
+            named is None and wanted in ("auto", "adapter_rag") and self.adapters is not None
+        )
+        # One hop to a worker thread for every blocking step (registry reads, the query's
+        # embedding, the search): each hop waits for the event loop, which is busy under load.
+        sig = await asyncio.to_thread(self._signals, tenant_id, query, policy.top_k, with_adapters)
+        if sig.down is not None and policy.on_retrieval_error == "fail":
+            raise sig.down
+        if sig.retrieval is not None:
+            self.metrics.observe_retrieval(sig.retrieval.seconds)
+        candidates, match, retrieval, down = sig.candidates, sig.match, sig.retrieval, sig.down
         top = retrieval.top_score if retrieval else None
 
         adapter = named
@@ -111,6 +112,20 @@ class Router:
         if decision.path == "prompt":
             return Routed(decision)
         return self._with_context(decision, adapter, policy, retrieval)
+
+    def _signals(self, tenant_id: str, query: str, top_k: int, with_adapters: bool) -> Signals:
+        """Sync (a worker thread). The query is embedded once, and only when something will
+        use the vector: an adapter with declared purpose, or a knowledge base to search."""
+        candidates = self.adapters.served(tenant_id) if with_adapters else []
+        vector = None
+        if any(len(a.vectors) for a in candidates):
+            vector = self.retriever.embedder.query(query)
+        match = best_match(vector, candidates) if vector is not None else None
+        try:
+            retrieval = self.retriever.retrieve(tenant_id, query, top_k, vector)
+        except RetrievalUnavailable as exc:
+            return Signals(candidates, match, None, exc)
+        return Signals(candidates, match, retrieval, None)
 
     def _with_context(self, decision, adapter, policy: Policy, retrieval) -> Routed:
         hits = [h for h in retrieval.hits if h.score >= policy.min_score]

@@ -60,6 +60,12 @@ class EmbeddingSettings(BaseModel):
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     batch_size: int = 32
     device: str = "cpu"
+    query_threads: int = Field(
+        1, ge=0,
+        description="torch threads for embedding one query (0: torch's default). One short "
+        "query gains nothing from more, and on a machine whose cores serve vLLM more threads "
+        "wait on each other (bench/policy.py).",
+    )
 
 
 class ChunkingSettings(BaseModel):

@@ -1,0 +1,45 @@
+"""The query path's embedding is the index's embedding: `Embedder.query` calls the model without
+llama-index's batching wrapper, so it must give the vectors `get_query_embedding` gives."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from tests.ingest.kb import embedder
+
+QUERIES = [
+    "Write a Skerry rule that moves pallets from dock 3 to bay 7.",
+    "What is the refund window for annual plans?",
+    "hi",
+    "word " * 400,  # longer than the model's 256 tokens: truncated the same way
+]
+
+
+def test_query_vectors_match_llama_index_query_embedding():
+    e = embedder()
+    for q in QUERIES:
+        ours = np.asarray(e.query(q))
+        theirs = np.asarray(e.model.get_query_embedding(q))
+        assert ours.shape == (e.dim,)
+        assert abs(np.linalg.norm(ours) - 1.0) < 1e-4
+        assert float(ours @ theirs) / np.linalg.norm(theirs) > 0.9999, q
+
+
+def test_query_threads_do_not_leak_into_batch_embedding():
+    e = embedder()
+    seen = {}
+
+    def run():
+        e.query("one query")
+        seen["query"] = torch.get_num_threads()
+        e.texts(["a batch", "of texts"])
+        seen["batch"] = torch.get_num_threads()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen["query"] == 1
+    assert seen["batch"] == e._default_threads
