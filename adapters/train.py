@@ -333,7 +333,7 @@ def train_lora(
             for part in parts:  # token-weighted mean over the whole step
                 loss, _ = _loss_sum(model, part, device)
                 (loss / tokens).backward()
-                step_loss += float(loss) / tokens
+                step_loss += loss.item() / tokens
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
