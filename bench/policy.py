@@ -148,10 +148,11 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
             decided[path] = (s / n * 1e3, int(n))
     print("   the server's decision time (mean, ms): " + ", ".join(
         f"{p} {ms:.2f} (n={n})" for p, (ms, n) in decided.items()))
-    p50 = _p50_bound(auto_buckets)
-    print(f"   auto's decision time p50 (histogram of the auto rounds only): <= {p50:.1f} ms "
+    p50, bound = _p50(auto_buckets)
+    print(f"   auto's decision time p50 (histogram of the auto rounds only, interpolated as "
+          f"Prometheus' histogram_quantile does): {p50:.1f} ms, in the bucket <= {bound:.1f} ms "
           "(goal <= 10 ms)")
-    return p50 <= 10
+    return bound <= 10
 
 
 def _metric(text: str, name: str, path: str) -> float:
@@ -171,13 +172,19 @@ def _buckets(text: str) -> dict[float, float]:
     return per_le
 
 
-def _p50_bound(per_le: dict[float, float]) -> float:
-    """The upper bound (ms) of the histogram bucket holding the median decision."""
+def _p50(per_le: dict[float, float]) -> tuple[float, float]:
+    """The median decision (ms), interpolated linearly inside its histogram bucket, and that
+    bucket's upper bound (ms)."""
     total = per_le.get(float("inf"), 0.0)
+    lower, below = 0.0, 0.0
     for le in sorted(per_le):
         if total and per_le[le] >= total / 2:
-            return le * 1e3
-    return float("inf")
+            if le == float("inf"):
+                return lower * 1e3, le
+            share = (total / 2 - below) / max(per_le[le] - below, 1e-9)
+            return (lower + (le - lower) * share) * 1e3, le * 1e3
+        lower, below = le, per_le[le]
+    return float("inf"), float("inf")
 
 
 def main(argv: list[str] | None = None) -> int:

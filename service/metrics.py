@@ -103,7 +103,8 @@ class Metrics:
             "ragtune_route_decision_duration_seconds",
             "Deciding the path: signals (query embedding, retrieval, adapter match) included",
             ["path"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+                     1),
             registry=r,
         )
 
