@@ -381,18 +381,22 @@ class AdapterService:
     def served(self, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
         """The tenant's routable adapters (their current versions), or the one named."""
         with self.registry.session() as s:
-            q = (
-                select(AdapterVersion)
-                .join(Adapter, (Adapter.tenant_id == AdapterVersion.tenant_id)
-                      & (Adapter.name == AdapterVersion.name)
-                      & (Adapter.current_version == AdapterVersion.version))
-                .where(Adapter.tenant_id == tenant_id, Adapter.state == "live",
-                       AdapterVersion.state == "ready")
-            )
-            if name is not None:
-                q = q.where(Adapter.name == name)
-            q = q.options(defer(AdapterVersion.example_vectors)).order_by(Adapter.name)
-            return [_served(v, self._vectors_of(s, v)) for v in s.scalars(q).all()]
+            return self.served_in(s, tenant_id, name)
+
+    def served_in(self, s, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
+        """`served` inside the caller's transaction `s`."""
+        q = (
+            select(AdapterVersion)
+            .join(Adapter, (Adapter.tenant_id == AdapterVersion.tenant_id)
+                  & (Adapter.name == AdapterVersion.name)
+                  & (Adapter.current_version == AdapterVersion.version))
+            .where(Adapter.tenant_id == tenant_id, Adapter.state == "live",
+                   AdapterVersion.state == "ready")
+        )
+        if name is not None:
+            q = q.where(Adapter.name == name)
+        q = q.options(defer(AdapterVersion.example_vectors)).order_by(Adapter.name)
+        return [_served(v, self._vectors_of(s, v)) for v in s.scalars(q).all()]
 
     def _vectors_of(self, s, v: AdapterVersion) -> np.ndarray:
         key = (v.engine_name, v.created_at.isoformat())

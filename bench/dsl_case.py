@@ -87,7 +87,8 @@ def answers(c: httpx.Client, key: str, rows: list[dict], model: str, system: str
         r = c.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                    json={"model": model, "messages": messages, "temperature": 0,
                          "max_tokens": max_tokens})
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"{model} answered {r.status_code}: {r.text[:500]}")
         out.append(r.json()["choices"][0]["message"]["content"])
     return out
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=150, help="training steps per adapter")
     p.add_argument("--limit", type=int, default=60, help="test rows (of 60)")
     p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--top-k", type=int, default=8,
+                   help="chunks retrieved for the RAG arms (a task names up to three facts "
+                        "from different manual pages; with 2, all of a task's codes were in the "
+                        "context for 3 of the 20 fact rows, with 8 for 15)")
     p.add_argument("--adapter-dir", type=Path, help="a trained adapter (no context) to reuse")
     p.add_argument("--rag-adapter-dir", type=Path, help="a trained RAFT adapter to reuse")
     p.add_argument("--model-dir", type=Path, default=REPO / ".data/models/base")
@@ -107,18 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     rows = rows[: args.limit]
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-dsl-"))
     store = args.keep or tmp
-    print(f"1. adapters ({args.steps} steps each)")
+    reused = [d for d in (args.adapter_dir, args.rag_adapter_dir) if d]
+    print(f"1. adapters ({args.steps} steps each"
+          + (f"; reusing {', '.join(map(str, reused))})" if reused else ")"))
     plain = args.adapter_dir or train(store / "skerry", args.steps, args.model_dir, False)
     raft = args.rag_adapter_dir or train(store / "skerry-raft", args.steps, args.model_dir, True)
     print("2. the four arms through ragtune")
     try:
-        with served_ragtune(tmp, args.model_dir) as proc, \
+        # The whole manual is ~3.2k tokens: the base + manual arm needs more than the default
+        # 2048-token context (SmolLM2 has 8192).
+        with served_ragtune(tmp, args.model_dir,
+                            extra_env={"RAGTUNE_ENGINE__MAX_MODEL_LEN": "4096"}) as proc, \
                 httpx.Client(base_url=proc.url, timeout=600) as c:
             admin = proc.admin_key
             k_base = tenant(c, admin, "dsl-base", {"mode": "prompt"})
-            k_rag = tenant(c, admin, "dsl-rag", {"mode": "rag", "top_k": 2})
+            # every retrieved chunk reaches the model: no floor, a budget that holds top_k
+            rag = {"top_k": args.top_k, "min_score": 0.0, "context_max_tokens": 200 * args.top_k}
+            k_rag = tenant(c, admin, "dsl-rag", {"mode": "rag", **rag})
             k_ad = tenant(c, admin, "dsl-adapter", {})
-            k_adrag = tenant(c, admin, "dsl-adapter-rag", {"top_k": 2})
+            k_adrag = tenant(c, admin, "dsl-adapter-rag", rag)
             upload_manual(c, k_rag)
             upload_manual(c, k_adrag)
             register(proc.url, k_ad, plain, "skerry")
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         needs = [i for i, r in enumerate(rows) if r.get("needs_manual")]
         print(f"\n3. Skerry on {len(rows)} held-out tasks ({len(needs)} need a fact from the "
-              "manual)")
+              f"manual; RAG arms retrieve {args.top_k} chunks)")
         print(f"   {'arm':<14} {'syntax valid':>12} {'correct':>8} {'correct, needs manual':>22}")
         for arm, preds in arms.items():
             s = score(preds, rows)

@@ -295,15 +295,19 @@ class DocumentService:
         """What a search of the tenant's chunks needs, in one transaction: None when it has no
         indexed document (nothing to search), else the (document_id, version) pairs to hide."""
         with self.registry.session() as s:
-            current = s.scalar(
-                select(Document.id).where(
-                    Document.tenant_id == tenant_id, Document.state == "live",
-                    Document.current_version.is_not(None),
-                ).limit(1)
-            )
-            if current is None:
-                return None
-            return _hidden(s, tenant_id)
+            return self.readable_in(s, tenant_id)
+
+    def readable_in(self, s, tenant_id: str) -> list[tuple[str, int]] | None:
+        """`readable` inside the caller's transaction `s`."""
+        current = s.scalar(
+            select(Document.id).where(
+                Document.tenant_id == tenant_id, Document.state == "live",
+                Document.current_version.is_not(None),
+            ).limit(1)
+        )
+        if current is None:
+            return None
+        return _hidden(s, tenant_id)
 
     def current_section_files(self, tenant_id: str) -> list[str]:
         """The parsed sections (JSON files) of the tenant's current document versions."""

@@ -4,12 +4,15 @@ chunks (never another tenant's: the store filters on tenant_id), drop what is be
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ingest.embedding import Embedder
 from ingest.vector_store import ChunkStore, Hit
 from service.documents import DocumentService
 from service.errors import APIError
+
+UNREAD = object()  # `hidden` not read by the caller
 
 
 class RetrievalUnavailable(APIError):
@@ -38,17 +41,21 @@ class Retriever:
         self.documents = documents
 
     def retrieve(
-        self, tenant_id: str, query: str, top_k: int, vector: list[float] | None = None
+        self, tenant_id: str, query: str, top_k: int, vector=None, hidden=UNREAD,
     ) -> Retrieval:
-        """Sync (run it in a thread). `vector`: the query's embedding, when the caller has it.
+        """Sync (run it in a thread). `vector`: the query's embedding, or a future of it, when
+        the caller has it; `hidden`: `DocumentService.readable` when the caller has read it.
         Raises RetrievalUnavailable when the store fails."""
         started = time.perf_counter()
         try:
-            hidden = self.documents.readable(tenant_id)
+            if hidden is UNREAD:
+                hidden = self.documents.readable(tenant_id)
             if hidden is None:
                 # Nothing indexed: no need to embed the question (the common case for
                 # tenants without a knowledge base).
                 return Retrieval([], time.perf_counter() - started)
+            if isinstance(vector, Future):
+                vector = vector.result()
             if vector is None:
                 vector = self.embedder.query(query)
             hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,8 @@ from service.errors import InvalidRequest
 from service.metrics import Metrics
 from service.policy import Policy, RouteDecision, decide_auto, requested_path, round_signal
 from service.rag import Retrieval, RetrievalUnavailable, Retriever, citations
+
+HINTS = 100_000  # tenants whose last decision is remembered
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Router:
         self.adapters = adapters
         self.metrics = metrics
         self.count_tokens = retriever.embedder.count_tokens
+        self.registry = retriever.documents.registry
+        # The query's embedding starts beside the registry reads when the tenant's previous
+        # decision needed it (a hint only: the reads decide whether it is used).
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-embed")
+        self._needed_vector: dict[str, bool] = {}
 
     async def route(
         self, tenant_id: str, policy: Policy, query: str, forced: str | None,
@@ -114,15 +122,27 @@ class Router:
         return self._with_context(decision, adapter, policy, retrieval)
 
     def _signals(self, tenant_id: str, query: str, top_k: int, with_adapters: bool) -> Signals:
-        """Sync (a worker thread). The query is embedded once, and only when something will
-        use the vector: an adapter with declared purpose, or a knowledge base to search."""
-        candidates = self.adapters.served(tenant_id) if with_adapters else []
+        """Sync (a worker thread). One registry transaction reads the tenant's adapters and
+        what of its knowledge base is readable; the query is embedded once, and only used
+        when something needs the vector: an adapter with declared purpose, or chunks to search."""
+        embed = self.retriever.embedder.query
+        early = (self._embedding.submit(embed, query)
+                 if self._needed_vector.get(tenant_id) else None)
+        with self.registry.session() as s:
+            candidates = self.adapters.served_in(s, tenant_id) if with_adapters else []
+            hidden = self.retriever.documents.readable_in(s, tenant_id)
+        matchable = any(len(a.vectors) for a in candidates)
+        if len(self._needed_vector) > HINTS:
+            self._needed_vector.clear()
+        self._needed_vector[tenant_id] = matchable or hidden is not None
         vector = None
-        if any(len(a.vectors) for a in candidates):
-            vector = self.retriever.embedder.query(query)
+        if matchable:
+            vector = early.result() if early is not None else embed(query)
         match = best_match(vector, candidates) if vector is not None else None
         try:
-            retrieval = self.retriever.retrieve(tenant_id, query, top_k, vector)
+            retrieval = self.retriever.retrieve(
+                tenant_id, query, top_k, vector if vector is not None else early, hidden
+            )
         except RetrievalUnavailable as exc:
             return Signals(candidates, match, None, exc)
         return Signals(candidates, match, retrieval, None)
