@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-dsl-"))
     store = args.keep or tmp
     reused = [d for d in (args.adapter_dir, args.rag_adapter_dir) if d]
-    print(f"1. adapters ({args.steps} steps each"
-          + (f"; reusing {', '.join(map(str, reused))})" if reused else ")"))
+    print("1. adapters " + (f"(reusing {', '.join(map(str, reused))})" if reused else
+                            f"({args.steps} steps each)"))
     plain = args.adapter_dir or train(store / "skerry", args.steps, args.model_dir, False)
     raft = args.rag_adapter_dir or train(store / "skerry-raft", args.steps, args.model_dir, True)
     print("2. the four arms through ragtune")
