@@ -41,7 +41,7 @@ class Embedder:
         """The query's embedding: the same model, pooling and normalisation as
         `HuggingFaceEmbedding.get_query_embedding` (whose vectors the index holds), called
         without its batching wrapper, which costs more than the forward pass for one short
-        query, and on `query_threads` torch threads (set per calling thread)."""
+        query, and on `query_threads` torch threads when set (per calling thread)."""
         torch = self._torch
         with self._lock:
             if self._query_threads:

@@ -29,7 +29,10 @@ def test_query_vectors_match_llama_index_query_embedding():
 
 
 def test_query_threads_do_not_leak_into_batch_embedding():
-    e = embedder()
+    from ingest.embedding import Embedder
+    from service.settings import EmbeddingSettings
+
+    e = Embedder(EmbeddingSettings(query_threads=1))
     seen = {}
 
     def run():
