@@ -3,10 +3,15 @@ llama-index's HuggingFaceEmbedding. bf16 on CPU: twice the speed of fp32 with th
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 from functools import lru_cache
 
 from service.settings import EmbeddingSettings
+
+log = logging.getLogger("ragtune.embedding")
+PROBES = ("dimension probe", "a longer probe of the query path, " * 12)
 
 
 def default_model_path() -> str:
@@ -34,8 +39,65 @@ class Embedder:
         self._query_threads = settings.query_threads
         self._default_threads = torch.get_num_threads()
         self._lock = threading.Lock()
-        self.dim = len(self.query("dimension probe"))
+        self._traced = None
+        self.dim = len(self.query(PROBES[0]))
+        if settings.query_trace:
+            self._traced = self._trace()
         self.tokenizer = self._st.tokenizer
+
+    def _trace(self):
+        """The sentence-transformer's transformer traced with TorchScript for one query (one
+        call into torch instead of a Python call per layer and module: ~35% faster here, and
+        less exposed to the process's other threads); its own pooling and normalisation modules
+        still run after it. Used only if it gives the eager vectors on probes of two lengths;
+        else the eager path stays, with a warning."""
+        torch = self._torch
+        transformer = self._st[0]
+
+        class Hidden(torch.nn.Module):
+            def __init__(self, model, keys):
+                super().__init__()
+                self.model, self.keys = model, keys
+
+            def forward(self, *tensors):
+                return self.model(**dict(zip(self.keys, tensors, strict=True)))[0]
+
+        try:
+            with self._lock, torch.inference_mode():
+                example = self._features(PROBES[0])
+                keys = list(example)
+                with warnings.catch_warnings():  # shape branches: the probes check them
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    traced = torch.jit.freeze(torch.jit.trace(
+                        Hidden(transformer.auto_model, keys).eval(), tuple(example.values()),
+                        check_trace=False,
+                    ))
+                for text in PROBES:
+                    f = self._features(text)
+                    if list(f) != keys:
+                        raise ValueError(f"the tokenizer gave {list(f)}, traced with {keys}")
+                    got = self._pool(f, traced(*f.values()))
+                    want = self._st(dict(f))["sentence_embedding"].float()
+                    if float(torch.nn.functional.cosine_similarity(got, want).min()) < 0.9999:
+                        raise ValueError("traced vectors differ from the eager ones")
+            return traced
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the eager path
+            log.warning("query embedding stays eager: tracing failed (%s)", exc)
+            return None
+
+    def _pool(self, features: dict, hidden):
+        """The modules after the transformer (pooling, normalisation), on its output."""
+        features = {**features, "token_embeddings": hidden}
+        for module in list(self._st)[1:]:
+            features = module(features)
+        return features["sentence_embedding"].float()
+
+    def _features(self, text: str) -> dict:
+        torch = self._torch
+        text = (self._st.prompts.get("query") or "") + text  # what prompt_name="query" adds
+        features = self._st.preprocess([text])
+        return {k: v.to(self._st.device) for k, v in features.items()
+                if isinstance(v, torch.Tensor)}
 
     def query(self, text: str) -> list[float]:
         """The query's embedding: the same model, pooling and normalisation as
@@ -46,12 +108,12 @@ class Embedder:
         with self._lock:
             if self._query_threads:
                 torch.set_num_threads(self._query_threads)
-            text = (self._st.prompts.get("query") or "") + text  # what prompt_name="query" adds
             with torch.inference_mode():
-                features = self._st.preprocess([text])
-                features = {k: v.to(self._st.device) for k, v in features.items()
-                            if isinstance(v, torch.Tensor)}
-                out = self._st(features)["sentence_embedding"].float()
+                features = self._features(text)
+                if self._traced is not None:
+                    out = self._pool(features, self._traced(*features.values()))
+                else:
+                    out = self._st(features)["sentence_embedding"].float()
                 if self.model.normalize:
                     out = torch.nn.functional.normalize(out, p=2, dim=1)
             return out[0].tolist()

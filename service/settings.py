@@ -60,6 +60,10 @@ class EmbeddingSettings(BaseModel):
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     batch_size: int = 32
     device: str = "cpu"
+    query_trace: bool = Field(
+        True, description="Embed queries with the model traced by TorchScript (checked against "
+        "the eager model at start; eager if tracing fails)."
+    )
     query_threads: int = Field(
         1, ge=0,
         description="torch threads for embedding one query (0: torch's default, every core). "

@@ -20,6 +20,7 @@ QUERIES = [
 
 def test_query_vectors_match_llama_index_query_embedding():
     e = embedder()
+    assert e._traced is not None  # the TorchScript path is the one under test
     for q in QUERIES:
         ours = np.asarray(e.query(q))
         theirs = np.asarray(e.model.get_query_embedding(q))
@@ -46,3 +47,18 @@ def test_query_threads_do_not_leak_into_batch_embedding():
     t.join()
     assert seen["query"] == 1
     assert seen["batch"] == e._default_threads
+
+
+def test_a_model_that_cannot_be_traced_stays_eager(monkeypatch, caplog):
+    from ingest.embedding import Embedder
+    from service.settings import EmbeddingSettings
+
+    def refuse(*a, **k):
+        raise RuntimeError("not traceable")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    e = Embedder(EmbeddingSettings())
+    assert e._traced is None
+    assert "stays eager" in caplog.text and "not traceable" in caplog.text
+    q = QUERIES[0]
+    assert float(np.asarray(e.query(q)) @ np.asarray(e.model.get_query_embedding(q))) > 0.9999
