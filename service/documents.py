@@ -288,17 +288,10 @@ class DocumentService:
                 )
             )
 
-    def has_documents(self, tenant_id: str) -> bool:
-        return self.count_current(tenant_id) > 0
-
-    def readable(self, tenant_id: str) -> list[tuple[str, int]] | None:
-        """What a search of the tenant's chunks needs, in one transaction: None when it has no
-        indexed document (nothing to search), else the (document_id, version) pairs to hide."""
-        with self.registry.session() as s:
-            return self.readable_in(s, tenant_id)
-
     def readable_in(self, s, tenant_id: str) -> list[tuple[str, int]] | None:
-        """`readable` inside the caller's transaction `s`."""
+        """What a search of the tenant's chunks needs, inside the caller's transaction `s`:
+        None when it has no indexed document (nothing to search), else the (document_id,
+        version) pairs to hide."""
         current = s.scalar(
             select(Document.id).where(
                 Document.tenant_id == tenant_id, Document.state == "live",

@@ -12,8 +12,6 @@ from ingest.vector_store import ChunkStore, Hit
 from service.documents import DocumentService
 from service.errors import APIError
 
-UNREAD = object()  # `hidden` not read by the caller
-
 
 class RetrievalUnavailable(APIError):
     status = 503
@@ -41,15 +39,14 @@ class Retriever:
         self.documents = documents
 
     def retrieve(
-        self, tenant_id: str, query: str, top_k: int, vector=None, hidden=UNREAD,
+        self, tenant_id: str, query: str, top_k: int,
+        hidden: list[tuple[str, int]] | None, vector=None,
     ) -> Retrieval:
-        """Sync (run it in a thread). `vector`: the query's embedding, or a future of it, when
-        the caller has it; `hidden`: `DocumentService.readable` when the caller has read it.
-        Raises RetrievalUnavailable when the store fails."""
+        """Sync (run it in a thread). `hidden`: what `DocumentService.readable_in` read (None:
+        nothing indexed); `vector`: the query's embedding, or a future of it, when the caller
+        has it. Raises RetrievalUnavailable when the store fails."""
         started = time.perf_counter()
         try:
-            if hidden is UNREAD:
-                hidden = self.documents.readable(tenant_id)
             if hidden is None:
                 # Nothing indexed: no need to embed the question (the common case for
                 # tenants without a knowledge base).

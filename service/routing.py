@@ -141,7 +141,7 @@ class Router:
         match = best_match(vector, candidates) if vector is not None else None
         try:
             retrieval = self.retriever.retrieve(
-                tenant_id, query, top_k, vector if vector is not None else early, hidden
+                tenant_id, query, top_k, hidden, vector if vector is not None else early
             )
         except RetrievalUnavailable as exc:
             return Signals(candidates, match, None, exc)
