@@ -80,6 +80,7 @@ class ChunkPipeline:
                 source=source,
                 vector=list(node.embedding),
                 metadata={**metadata, **{k: v for k, v in node.metadata.items() if v is not None}},
+                tokens=self.embedder.count_tokens(node.get_content()),
             )
             for i, node in enumerate(nodes)
         ]

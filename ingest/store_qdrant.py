@@ -26,6 +26,7 @@ from ingest.vector_store import (
     METADATA_KEY,
     SOURCE_KEY,
     TENANT_KEY,
+    TOKENS_KEY,
     VERSION_KEY,
     Chunk,
     DeletesByFilter,
@@ -185,6 +186,7 @@ class ServerChunkStore(DeletesByFilter):
                     source=meta.get(SOURCE_KEY, ""),
                     text=node.get_content(),
                     metadata=meta.get(METADATA_KEY) or {},
+                    tokens=meta.get(TOKENS_KEY),
                 )
             )
         return hits
@@ -226,6 +228,7 @@ def _node(chunk: Chunk) -> TextNode:
             CHUNK_INDEX_KEY: chunk.chunk_index,
             SOURCE_KEY: chunk.source,
             METADATA_KEY: dict(chunk.metadata),
+            TOKENS_KEY: chunk.tokens,
         },
         # llama-index writes the source's id as payload `document_id` (and doc_id, ref_doc_id).
         relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=chunk.document_id)},

@@ -37,6 +37,7 @@ CHUNK_INDEX_KEY = "chunk_index"
 SOURCE_KEY = "source"
 TEXT_KEY = "text"
 METADATA_KEY = "metadata"  # the upload's user metadata, nested so it never shadows our keys
+TOKENS_KEY = "tokens"  # the chunk's length in the embedding model's tokens (the context budget's)
 
 
 class QdrantSettings(BaseModel):
@@ -91,6 +92,7 @@ class Chunk:
     source: str  # file name
     vector: Sequence[float]
     metadata: dict = field(default_factory=dict)  # user metadata from the upload (JSON-able)
+    tokens: int | None = None  # counted at ingestion, so serving need not count again
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Hit:
     source: str
     text: str
     metadata: dict
+    tokens: int | None = None  # None: indexed before counts were stored; count when needed
 
 
 class ChunkStore(Protocol):
@@ -187,6 +190,7 @@ def chunk_payload(chunk: Chunk) -> dict:
         SOURCE_KEY: chunk.source,
         TEXT_KEY: chunk.text,
         METADATA_KEY: dict(chunk.metadata),
+        TOKENS_KEY: chunk.tokens,
     }
 
 
@@ -200,6 +204,7 @@ def hit_from_payload(point_id: object, score: float, payload: dict) -> Hit:
         source=payload.get(SOURCE_KEY, ""),
         text=payload.get(TEXT_KEY, ""),
         metadata=payload.get(METADATA_KEY) or {},
+        tokens=payload.get(TOKENS_KEY),
     )
 
 

@@ -92,6 +92,7 @@ class Prepared:
     body: dict
     tenant_id: str
     policy: Policy
+    engine_seconds: float | None = None  # the engine's answer, once a non-streamed one came
 
     @property
     def decision(self) -> RouteDecision:
@@ -100,6 +101,15 @@ class Prepared:
     @property
     def adapter(self) -> ServedAdapter | None:
         return self.routed.adapter
+
+    def server_timing(self) -> str:
+        """The W3C `Server-Timing` header: what deciding the path took (`route`: registry
+        reads, query embedding, search, adapter match, context fitting) and, for a non-streamed
+        answer, what the engine took (`engine`), in milliseconds."""
+        out = f'route;dur={self.routed.seconds * 1e3:.2f};desc="route decision"'
+        if self.engine_seconds is not None:
+            out += f', engine;dur={self.engine_seconds * 1e3:.2f};desc="engine answer"'
+        return out
 
 
 class ChatService:
@@ -231,7 +241,8 @@ class ChatService:
             status = f"{exc.status // 100}xx"
             raise
         finally:
-            self.metrics.observe_chat(path, status, time.perf_counter() - started)
+            p.engine_seconds = time.perf_counter() - started
+            self.metrics.observe_chat(path, status, p.engine_seconds)
         out["model"] = self._served_as(p)
         out["route"] = p.decision.as_dict()
         out["citations"] = p.routed.cited

@@ -4,7 +4,6 @@ chunks (never another tenant's: the store filters on tenant_id), drop what is be
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ingest.embedding import Embedder
@@ -43,16 +42,14 @@ class Retriever:
         hidden: list[tuple[str, int]] | None, vector=None,
     ) -> Retrieval:
         """Sync (run it in a thread). `hidden`: what `DocumentService.readable_in` read (None:
-        nothing indexed); `vector`: the query's embedding, or a future of it, when the caller
-        has it. Raises RetrievalUnavailable when the store fails."""
+        nothing indexed); `vector`: the query's embedding when the caller has it. Raises
+        RetrievalUnavailable when the store (or the query's embedding) fails."""
         started = time.perf_counter()
         try:
             if hidden is None:
                 # Nothing indexed: no need to embed the question (the common case for
                 # tenants without a knowledge base).
                 return Retrieval([], time.perf_counter() - started)
-            if isinstance(vector, Future):
-                vector = vector.result()
             if vector is None:
                 vector = self.embedder.query(query)
             hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)

@@ -23,6 +23,7 @@ async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppS
     headers = {"X-Route": prepared.decision.path}
     if not body.stream:
         out = await state.chat.complete(prepared)
+        headers["Server-Timing"] = prepared.server_timing()
         return ORJSONResponse(out, headers=headers)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     events = state.chat.stream(prepared, include_usage)
@@ -36,6 +37,7 @@ async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppS
             yield event
 
     headers["Cache-Control"] = "no-cache"
+    headers["Server-Timing"] = prepared.server_timing()
     return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
 

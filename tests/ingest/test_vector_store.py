@@ -7,6 +7,7 @@ Random normalised vectors stand in for embeddings: no model is needed here.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -149,10 +150,20 @@ def test_search_returns_best_first_with_the_chunk_fields(store: ChunkStore) -> N
     assert (top.document_id, top.version, top.chunk_index) == ("guide", 1, 7)
     assert (top.source, top.text) == ("guide.md", target.text)
     assert top.metadata == {"lang": "en", "i": 7}
+    assert top.tokens is None  # indexed without a stored count: serving counts it
     # Same order as exact cosine over the tenant's vectors.
     vectors = np.array([c.vector for c in chunks])
     expected = np.argsort(-(vectors @ np.asarray(target.vector)))[:5]
     assert [h.chunk_index for h in hits] == expected.tolist()
+
+
+def test_a_chunks_token_count_is_stored_with_it(store: ChunkStore) -> None:
+    rng = np.random.default_rng(4)
+    chunks = [dataclasses.replace(c, tokens=10 + c.chunk_index)
+              for c in make_chunks("acme", "guide", 1, unit(rng, 3))]
+    store.upsert(chunks)
+    hits = store.search("acme", chunks[2].vector, 3)
+    assert {h.chunk_index: h.tokens for h in hits} == {0: 10, 1: 11, 2: 12}
 
 
 def test_a_tenant_never_sees_another_tenants_chunks(store: ChunkStore) -> None:

@@ -84,6 +84,37 @@ def test_stream_first_chunk_carries_route_and_ends_with_done(client, tenant):
     assert any(e != "[DONE]" and e.get("usage") for e in sse_events(r))
 
 
+def _timings(header: str) -> dict[str, float]:
+    """Server-Timing entries: name -> dur (ms)."""
+    out = {}
+    for entry in header.split(","):
+        name, *params = (p.strip() for p in entry.split(";"))
+        out[name] = float(next(p for p in params if p.startswith("dur="))[4:])
+    return out
+
+
+def _decision_seconds_sum(client, path: str) -> float:
+    text = client.get("/metrics").text
+    prefix = f'ragtune_route_decision_duration_seconds_sum{{path="{path}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(prefix))
+                 .removeprefix(prefix))
+
+
+def test_server_timing_reports_the_decision_and_the_engine(client, tenant):
+    _, headers = tenant
+    chat(client, headers, "warm up", max_tokens=2)
+    before = _decision_seconds_sum(client, "prompt")
+    r = chat(client, headers, "time me", max_tokens=2)
+    t = _timings(r.headers["server-timing"])
+    assert set(t) == {"route", "engine"}
+    assert t["route"] > 0 and t["engine"] > 0
+    # the same measurement as the decision histogram's (rounded to 0.01 ms in the header)
+    added = (_decision_seconds_sum(client, "prompt") - before) * 1e3
+    assert abs(added - t["route"]) < 0.01
+    streamed = chat(client, headers, "stream me", stream=True)
+    assert set(_timings(streamed.headers["server-timing"])) == {"route"}
+
+
 def test_stream_cut_mid_way_ends_with_error_event(client, tenant):
     _, headers = tenant
     r = chat(client, headers, "BREAK please", stream=True)
