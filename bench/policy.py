@@ -117,6 +117,7 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
     queries = [(t, r["query"]) for t, path in SETS.items() for r in rows(path)]
     cost = {"prompt": [], "auto": []}
     decided: dict[str, list[float]] = {}  # auto's decisions by path: Server-Timing's route (ms)
+    steps: dict[str, dict[str, list[float]]] = {}  # path -> step -> ms (Server-Timing)
     auto_buckets: dict[float, float] = {}
     for i in range(rounds):
         for mode in (("prompt", "auto") if i % 2 == 0 else ("auto", "prompt")):
@@ -133,7 +134,14 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
                 r.raise_for_status()
                 cost[mode].append(elapsed)
                 if mode == "auto":
-                    decided.setdefault(r.headers["x-route"], []).append(_route_ms(r))
+                    timing = _timings(r)
+                    timing.pop("engine", None)
+                    route = timing.pop("route")
+                    decided.setdefault(r.headers["x-route"], []).append(route)
+                    # the thread hop, adapter match, context fitting, deciding itself
+                    timing["rest"] = route - sum(timing.values())
+                    for step, ms in timing.items():
+                        steps.setdefault(r.headers["x-route"], {}).setdefault(step, []).append(ms)
             if mode == "auto":  # the decisions of this round only
                 after = _buckets(c.get("/metrics").text)
                 for le, n in after.items():
@@ -147,6 +155,9 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
     print("   auto's decision time by path it took (the Server-Timing header's route, ms): "
           + ", ".join(f"{p} p50 {percentile(v, 50):.2f} p99 {percentile(v, 99):.2f} (n={len(v)})"
                       for p, v in sorted(decided.items())))
+    for p, by_step in sorted(steps.items()):
+        print(f"     {p} steps p50 (ms): " + ", ".join(
+            f"{k} {percentile(v, 50):.2f} (n={len(v)})" for k, v in by_step.items()))
     hist, bound = _p50(auto_buckets)
     print(f"   the same from the decision histogram (interpolated as Prometheus' "
           f"histogram_quantile does): p50 {hist:.1f} ms, in the bucket <= {bound:.1f} ms")
@@ -156,10 +167,10 @@ def latency(c: httpx.Client, admin: str, keys: dict[str, str], rounds: int) -> b
     return p50 <= 10
 
 
-def _route_ms(r: httpx.Response) -> float:
-    """The decision's time from the response's Server-Timing header (`route;dur=<ms>`)."""
-    m = re.search(r"(?:^|,)\s*route;dur=([0-9.]+)", r.headers["server-timing"])
-    return float(m.group(1))
+def _timings(r: httpx.Response) -> dict[str, float]:
+    """The response's Server-Timing entries (`route;dur=<ms>`, `embed;dur=<ms>`...): ms."""
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"(?:^|,)\s*([a-z_]+);dur=([0-9.]+)", r.headers["server-timing"])}
 
 
 def _buckets(text: str) -> dict[float, float]:

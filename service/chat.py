@@ -103,10 +103,12 @@ class Prepared:
         return self.routed.adapter
 
     def server_timing(self) -> str:
-        """The W3C `Server-Timing` header: what deciding the path took (`route`: registry
-        reads, query embedding, search, adapter match, context fitting) and, for a non-streamed
-        answer, what the engine took (`engine`), in milliseconds."""
+        """The W3C `Server-Timing` header, in milliseconds: what deciding the path took
+        (`route`, all of it), the steps of it that ran (`registry` reads, the query's `embed`,
+        the `search`) and, for a non-streamed answer, what the engine took (`engine`)."""
         out = f'route;dur={self.routed.seconds * 1e3:.2f};desc="route decision"'
+        for name, seconds in self.routed.steps.items():
+            out += f", {name};dur={seconds * 1e3:.2f}"
         if self.engine_seconds is not None:
             out += f', engine;dur={self.engine_seconds * 1e3:.2f};desc="engine answer"'
         return out

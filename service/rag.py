@@ -39,12 +39,14 @@ class Retriever:
 
     def retrieve(
         self, tenant_id: str, query: str, top_k: int,
-        hidden: list[tuple[str, int]] | None, vector=None,
+        hidden: list[tuple[str, int]] | None, vector=None, steps: dict[str, float] | None = None,
     ) -> Retrieval:
         """Sync (run it in a thread). `hidden`: what `DocumentService.readable_in` read (None:
-        nothing indexed); `vector`: the query's embedding when the caller has it. Raises
-        RetrievalUnavailable when the store (or the query's embedding) fails."""
+        nothing indexed); `vector`: the query's embedding when the caller has it; `steps`
+        gets the seconds of "embed" and "search" where they ran. Raises RetrievalUnavailable
+        when the store (or the query's embedding) fails."""
         started = time.perf_counter()
+        steps = {} if steps is None else steps
         try:
             if hidden is None:
                 # Nothing indexed: no need to embed the question (the common case for
@@ -52,7 +54,10 @@ class Retriever:
                 return Retrieval([], time.perf_counter() - started)
             if vector is None:
                 vector = self.embedder.query(query)
+                steps["embed"] = time.perf_counter() - started
+            searched = time.perf_counter()
             hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)
+            steps["search"] = time.perf_counter() - searched
         except APIError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is the same to the caller

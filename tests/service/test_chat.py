@@ -106,13 +106,16 @@ def test_server_timing_reports_the_decision_and_the_engine(client, tenant):
     before = _decision_seconds_sum(client, "prompt")
     r = chat(client, headers, "time me", max_tokens=2)
     t = _timings(r.headers["server-timing"])
-    assert set(t) == {"route", "engine"}
-    assert t["route"] > 0 and t["engine"] > 0
+    # auto, for a tenant with nothing to search or match: the registry read is the one step
+    assert set(t) == {"route", "registry", "engine"}
+    assert 0 < t["registry"] <= t["route"] and t["engine"] > 0
     # the same measurement as the decision histogram's (rounded to 0.01 ms in the header)
     added = (_decision_seconds_sum(client, "prompt") - before) * 1e3
     assert abs(added - t["route"]) < 0.01
     streamed = chat(client, headers, "stream me", stream=True)
-    assert set(_timings(streamed.headers["server-timing"])) == {"route"}
+    assert set(_timings(streamed.headers["server-timing"])) == {"route", "registry"}
+    forced = chat(client, headers, "no decision to make", route="prompt", max_tokens=2)
+    assert set(_timings(forced.headers["server-timing"])) == {"route", "engine"}
 
 
 def test_stream_cut_mid_way_ends_with_error_event(client, tenant):

@@ -83,8 +83,14 @@ def test_context_fits_the_budget_with_token_counts_stored_at_ingestion(client):
         r = client.patch(f"/v1/tenants/{tid}", headers=ADMIN,
                          json={"policy": {"context_max_tokens": budget}})
         assert r.status_code == 200, r.text
-        body = ask(client, headers, QUESTION, route="rag")
+        r = client.post("/v1/chat/completions", headers=headers, json={
+            "messages": [{"role": "user", "content": QUESTION}], "route": "rag"})
+        body = r.json()
         assert body["route"]["signals"]["chunks"] == len(body["citations"])
+        timing = {e.split(";")[0].strip(): float(e.split("dur=")[1].split(";")[0])
+                  for e in r.headers["server-timing"].split(",")}
+        steps = [timing[k] for k in ("registry", "embed", "search")]
+        assert all(x > 0 for x in steps) and sum(steps) <= timing["route"], timing
         return body["citations"]
 
     two = hits[0].tokens + hits[1].tokens
