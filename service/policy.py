@@ -26,7 +26,9 @@ class Policy(BaseModel):
         0.35, ge=-1, le=1, description="Cosine floor: chunks below it are not given to the model."
     )
     context_max_tokens: int = Field(
-        600, ge=32, le=8000, description="Budget for retrieved context in the prompt."
+        600, ge=32, le=8000,
+        description="Budget for retrieved context in the prompt, in the embedding model's "
+        "tokens (the unit chunks are sized and counted in at ingestion).",
     )
     on_retrieval_error: Literal["fail", "degrade"] = Field(
         "degrade", description="When the knowledge base is down: 503, or answer on the prompt path."
