@@ -194,7 +194,7 @@ class AdapterService:
         return await asyncio.to_thread(self.get, tenant_id, name)
 
     def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples):
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None:
                 s.add(Adapter(tenant_id=tenant_id, name=name, state="live"))
@@ -227,7 +227,7 @@ class AdapterService:
 
     def _switch(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
         """Route `name` to `version` (ready); the old current version becomes retired."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None or adapter.state != "live":
                 raise Conflict(f"adapter '{name}' was deleted meanwhile",
@@ -331,7 +331,7 @@ class AdapterService:
             return [_served(v) for v in rows]
 
     def _drop(self, tenant_id: str, name: str) -> None:
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None or adapter.state != "deleting":
                 return

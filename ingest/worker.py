@@ -223,7 +223,7 @@ class IngestWorker:
         """Make `v` the version readers see, in one transaction. The version it replaces goes
         on `replaced` (retired after the grace period); a version that lost (deleted or
         overtaken meanwhile) is removed at once, as no reader ever saw it."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             doc = s.get(Document, (v.tenant_id, v.document_id), with_for_update=True)
             gone = doc is None or doc.state != "live"
             newer = doc is not None and (doc.current_version or 0) > v.version

@@ -72,18 +72,28 @@ class Registry:
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
+        self.sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
         migrate(self.engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, lock: bool = False) -> Iterator[Session]:
         """One transaction. A lost or refused database connection is a 503 that says so (the
         request may be retried); the pool checks connections before use, so once the database
-        is back the next transaction works."""
+        is back the next transaction works.
+
+        `lock`: the transaction reads rows FOR UPDATE and writes from what it read. PostgreSQL
+        locks those rows. SQLite has no row locks, and pysqlite sends BEGIN only before the
+        first write, so what was read before it may have changed by then (a purge deleting a
+        document re-uploaded meanwhile); there the transaction takes the database's write lock
+        at its start (BEGIN IMMEDIATE): two such transactions run one after the other, and
+        readers are not blocked (WAL)."""
         try:
             with self._sessions() as s, s.begin():
+                if lock and self.sqlite:
+                    s.execute(text("BEGIN IMMEDIATE"))
                 yield s
         except DBAPIError as exc:
             if isinstance(exc, OperationalError) or exc.connection_invalidated:

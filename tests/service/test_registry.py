@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
 
+from service.documents import DocumentService, Upload
 from service.errors import Conflict, NotFound
 from service.policy import Policy
 from service.registry.db import Registry, normalize_url
+from service.registry.models import Document, DocumentVersion
+from service.settings import DocumentLimits
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
 from tests.ingest.kb import postgres_available
@@ -80,3 +86,46 @@ def test_tenant_lifecycle_and_keys(registry):
         svc.get("acme")
     with registry.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar() == 0
+
+
+def test_a_purge_never_takes_a_document_uploaded_again_meanwhile(registry, tmp_path, monkeypatch):
+    """DELETE hides a document, then purges its rows. A new upload of the same id between the
+    purge's read and its delete must survive: on PostgreSQL the row lock orders them, on SQLite
+    the purge's transaction holds the write lock from its start (without it, the purge deleted
+    the revived document and, by cascade, the new upload's version and file)."""
+    TenantService(registry).create("acme", Policy())
+    docs = DocumentService(registry, tmp_path / "uploads", DocumentLimits())
+    docs.upload("acme", [Upload("refunds.txt", b"Refunds within 45 days.")], "refunds")
+    docs.mark_deleting("acme", "refunds")
+
+    read, resume = threading.Event(), threading.Event()
+    real_get = Session.get
+
+    def pausing_get(self, entity, ident, **kw):
+        found = real_get(self, entity, ident, **kw)
+        if entity is Document and threading.current_thread().name == "purge":
+            read.set()
+            resume.wait(10)
+        return found
+
+    monkeypatch.setattr(Session, "get", pausing_get)
+    purge = threading.Thread(target=docs.purge, args=("acme", "refunds"), name="purge")
+    purge.start()
+    assert read.wait(10)
+    uploaded: list[dict] = []
+    again = threading.Thread(target=lambda: uploaded.append(docs.upload(
+        "acme", [Upload("refunds.txt", b"Refunds within 14 days.")], "refunds")))
+    again.start()
+    again.join(0.5)  # unordered, the upload would commit here, inside the purge's window
+    resume.set()
+    purge.join(10)
+    again.join(10)
+    assert not purge.is_alive() and not again.is_alive() and uploaded
+
+    version = uploaded[0]["documents"][0]["version"]
+    with registry.session() as s:
+        doc = s.get(Document, ("acme", "refunds"))
+        kept = s.get(DocumentVersion, ("acme", "refunds", version))
+    assert doc is not None and doc.state == "live"
+    assert kept is not None and kept.state == "queued"
+    assert Path(kept.stored_path).is_file()
