@@ -77,8 +77,10 @@ class TenantService:
             return TenantView(row.id, Policy.model_validate(row.policy))
 
     def update_policy(self, tenant_id: str, changes: dict) -> TenantView:
-        with self.registry.session() as s:
-            row = s.get(Tenant, tenant_id)
+        """Merge `changes` into the stored policy. Locked: two PATCHes at once (an operator's
+        limit beside `policy calibrate --apply`'s thresholds) both land."""
+        with self.registry.session(lock=True) as s:
+            row = s.get(Tenant, tenant_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
             try:

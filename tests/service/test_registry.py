@@ -129,3 +129,34 @@ def test_a_purge_never_takes_a_document_uploaded_again_meanwhile(registry, tmp_p
     assert doc is not None and doc.state == "live"
     assert kept is not None and kept.state == "queued"
     assert Path(kept.stored_path).is_file()
+
+
+def test_two_policy_patches_at_once_both_land(registry, monkeypatch):
+    """A PATCH merges into the stored policy: the second of two concurrent PATCHes must merge
+    into the first's result, not into what both read (a lost update without the row lock on
+    PostgreSQL, or without the write lock on SQLite)."""
+    svc = TenantService(registry)
+    svc.create("acme", Policy())
+    read, resume = threading.Event(), threading.Event()
+    real_get = Session.get
+
+    def pausing_get(self, entity, ident, **kw):
+        found = real_get(self, entity, ident, **kw)
+        if threading.current_thread().name == "first":
+            read.set()
+            resume.wait(10)
+        return found
+
+    monkeypatch.setattr(Session, "get", pausing_get)
+    first = threading.Thread(target=svc.update_policy, args=("acme", {"top_k": 7}), name="first")
+    first.start()
+    assert read.wait(10)
+    second = threading.Thread(target=svc.update_policy, args=("acme", {"min_score": 0.5}))
+    second.start()
+    second.join(0.5)  # unordered, the second PATCH would commit here, inside the first's window
+    resume.set()
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    policy = svc.get("acme").policy
+    assert (policy.top_k, policy.min_score) == (7, 0.5)
