@@ -244,12 +244,14 @@ class AdapterService:
             return _served(prev)
 
     def _discard(self, tenant_id, name, version, final: Path) -> None:
-        with self.registry.session() as s:
+        # The adapter row locked first: a registration reserving a new version meanwhile
+        # (holding that lock) is counted before an empty adapter is removed.
+        with self.registry.session(lock=True) as s:
+            adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             v = s.get(AdapterVersion, (tenant_id, name, version))
             if v is not None:
                 s.delete(v)
             s.flush()
-            adapter = s.get(Adapter, (tenant_id, name))
             if adapter is not None and adapter.current_version is None:
                 left = s.scalar(
                     select(func.count()).select_from(AdapterVersion).where(
@@ -400,7 +402,7 @@ class AdapterService:
                               r.description, self._vectors_of(s, r)) for r in rows]
 
     def _vectors_of(self, s, v) -> np.ndarray:
-        """`v`: an AdapterVersion or a row of its key columns and created_at."""
+        """`v`: a row of the version's key columns, engine_name and created_at."""
         key = (v.engine_name, v.created_at.isoformat())
         with self._vectors_lock:
             found = self._vectors.get(key)

@@ -163,10 +163,14 @@ class DocumentService:
         return paths
 
     def _register(self, tenant_id, job_id, prepared, stored, metadata) -> dict:
-        out = []
+        out: list[dict] = [{} for _ in prepared]  # in the upload's file order
         with self.registry.session(lock=True) as s:
             s.add(Job(id=job_id, tenant_id=tenant_id, kind="ingest"))
-            for (doc_id, f, ctype, _), path in zip(prepared, stored, strict=True):
+            # Rows locked in document-id order: two uploads of the same files in another order
+            # would otherwise deadlock on PostgreSQL.
+            order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
+            for i in order:
+                (doc_id, f, ctype, _), path = prepared[i], stored[i]
                 doc = s.get(Document, (tenant_id, doc_id), with_for_update=True)
                 if doc is None:
                     s.add(Document(tenant_id=tenant_id, id=doc_id, state="live"))
@@ -195,7 +199,7 @@ class DocumentService:
                         meta=metadata,
                     )
                 )
-                out.append({"document_id": doc_id, "version": version, "status": "queued"})
+                out[i] = {"document_id": doc_id, "version": version, "status": "queued"}
         return {"job_id": job_id, "documents": out}
 
     # ---- reads --------------------------------------------------------------------------

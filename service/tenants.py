@@ -96,8 +96,9 @@ class TenantService:
 
     def rotate_key(self, tenant_id: str, revoke_existing: bool = True) -> str:
         key_id, key = new_key()
-        with self.registry.session() as s:
-            if s.get(Tenant, tenant_id) is None:
+        # Locked: of two rotations at once, the later one revokes the earlier one's new key.
+        with self.registry.session(lock=True) as s:
+            if s.get(Tenant, tenant_id, with_for_update=True) is None:
                 raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
             if revoke_existing:
                 s.execute(

@@ -272,3 +272,14 @@ def test_metrics_cover_jobs_and_retrieval(client, tenant):
     assert "ragtune_chunks_indexed_total" in text
     assert "ragtune_retrieval_duration_seconds_count 1.0" in text
     assert "ragtune_ingest_job_duration_seconds_count 1.0" in text
+
+
+def test_many_files_answer_in_the_upload_order(client, tenant):
+    # rows are locked in document-id order (no deadlock between two uploads); the answer
+    # still lists the documents in the order the files came
+    _, headers = tenant
+    r = client.post("/v1/documents", headers=headers, files=[
+        ("file", ("zeta.txt", REFUND.encode())), ("file", ("alpha.txt", REFUND_V2.encode()))])
+    assert r.status_code == 202, r.text
+    assert [d["document_id"] for d in r.json()["documents"]] == ["zeta", "alpha"]
+    assert wait_job(client, headers, r.json()["job_id"])["state"] == "succeeded"

@@ -15,7 +15,7 @@ from service.documents import DocumentService, Upload
 from service.errors import Conflict, NotFound
 from service.policy import Policy
 from service.registry.db import Registry, normalize_url
-from service.registry.models import Document, DocumentVersion
+from service.registry.models import ApiKey, Document, DocumentVersion
 from service.settings import DocumentLimits
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
@@ -160,3 +160,34 @@ def test_two_policy_patches_at_once_both_land(registry, monkeypatch):
     assert not first.is_alive() and not second.is_alive()
     policy = svc.get("acme").policy
     assert (policy.top_k, policy.min_score) == (7, 0.5)
+
+
+def test_two_key_rotations_at_once_leave_one_valid_key(registry, monkeypatch):
+    """The first rotation pauses after revoking the old key, before adding its new one. On
+    PostgreSQL without the tenant row lock, the second rotation's revoke then skips the first's
+    new key (not yet committed when it looked) and both new keys stay valid."""
+    svc = TenantService(registry)
+    svc.create("acme", Policy())
+    read, resume = threading.Event(), threading.Event()
+    real_add = Session.add
+
+    def pausing_add(self, instance, *a, **kw):
+        if isinstance(instance, ApiKey) and threading.current_thread().name == "first":
+            read.set()
+            resume.wait(10)
+        return real_add(self, instance, *a, **kw)
+
+    monkeypatch.setattr(Session, "add", pausing_add)
+    keys: list[str] = []
+    first = threading.Thread(target=lambda: keys.append(svc.rotate_key("acme")), name="first")
+    first.start()
+    assert read.wait(10)
+    second = threading.Thread(target=lambda: keys.append(svc.rotate_key("acme")))
+    second.start()
+    second.join(0.5)  # unordered, the second rotation would commit here
+    resume.set()
+    first.join(10)
+    second.join(10)
+    assert len(keys) == 2
+    valid = [k for k in keys if svc.authenticate(k) is not None]
+    assert valid == [keys[-1]]  # the rotation that ran last revoked the other's key
