@@ -270,10 +270,9 @@ class IngestWorker:
             )
 
     def sweep_deletions(self) -> None:
-        for tenant_id, document_id in self.documents.deleting_documents():
+        for tenant_id, document_id, versions in self.documents.deleting_documents():
             try:
-                self.store.delete_document(tenant_id, document_id)
-                self.documents.purge(tenant_id, document_id)
+                self.documents.finish_delete(self.store, tenant_id, document_id, versions)
             except Exception:  # noqa: BLE001 - retried at the next sweep
                 log.exception("deleting %s/%s failed; will retry", tenant_id, document_id)
         # Replaced versions a worker died before retiring (their grace is long over).

@@ -318,14 +318,24 @@ class DocumentService:
                 .order_by(Document.id)
             ).all())
 
-    def mark_deleting(self, tenant_id: str, document_id: str) -> None:
-        """Hide the document from readers at once; its points and rows go next."""
+    def mark_deleting(self, tenant_id: str, document_id: str) -> list[int]:
+        """Hide the document from readers at once; its points and rows go next (`finish_delete`).
+        Returns its versions at this moment: only their points are deleted, so a version
+        uploaded after this (the document revived) keeps its points."""
         with self.registry.session(lock=True) as s:
             doc = s.get(Document, (tenant_id, document_id), with_for_update=True)
             if doc is None or doc.state != "live":
                 raise NotFound(f"document '{document_id[:140]}' not found",
                                code="document_not_found")
             doc.state = "deleting"
+            return _versions(s, tenant_id, document_id)
+
+    def finish_delete(self, store, tenant_id: str, document_id: str, versions: list[int]) -> None:
+        """Sync. The points of `versions` leave the index, then the rows and files go unless
+        the document was uploaded again meanwhile (`purge`)."""
+        for version in versions:
+            store.delete_version(tenant_id, document_id, version)
+        self.purge(tenant_id, document_id)
 
     def purge(self, tenant_id: str, document_id: str) -> None:
         """Remove the rows and stored files of a document whose points are gone."""
@@ -342,13 +352,14 @@ class DocumentService:
             s.delete(doc)
         remove_stored(paths)
 
-    def deleting_documents(self) -> list[tuple[str, str]]:
-        """Documents hidden for deletion whose points may still exist (the worker sweeps them)."""
+    def deleting_documents(self) -> list[tuple[str, str, list[int]]]:
+        """Documents hidden for deletion whose points may still exist (the worker sweeps them),
+        with their versions now."""
         with self.registry.session() as s:
             rows = s.execute(
                 select(Document.tenant_id, Document.id).where(Document.state == "deleting")
             ).all()
-        return [(r[0], r[1]) for r in rows]
+            return [(r[0], r[1], _versions(s, r[0], r[1])) for r in rows]
 
 
 def remove_stored(paths: list[str]) -> None:
@@ -359,6 +370,14 @@ def remove_stored(paths: list[str]) -> None:
             p.parent.rmdir()
         except OSError:
             pass  # other files of the same upload remain
+
+
+def _versions(s, tenant_id: str, document_id: str) -> list[int]:
+    return list(s.scalars(
+        select(DocumentVersion.version).where(DocumentVersion.tenant_id == tenant_id,
+                                              DocumentVersion.document_id == document_id)
+        .order_by(DocumentVersion.version)
+    ).all())
 
 
 def _hidden(s, tenant_id: str) -> list[tuple[str, int]]:

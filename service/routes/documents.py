@@ -110,10 +110,11 @@ async def get_document(document_id: str, tenant: CurrentTenant, state: AppState)
 async def delete_document(document_id: str, tenant: CurrentTenant, state: AppState) -> Response:
     # Hidden from readers at once; then its points and rows go. If the store fails now, the
     # worker's sweep finishes the deletion (the document stays hidden meanwhile).
-    await asyncio.to_thread(state.documents.mark_deleting, tenant.id, document_id)
+    versions = await asyncio.to_thread(state.documents.mark_deleting, tenant.id, document_id)
     try:
-        await asyncio.to_thread(state.store.delete_document, tenant.id, document_id)
-        await asyncio.to_thread(state.documents.purge, tenant.id, document_id)
+        await asyncio.to_thread(
+            state.documents.finish_delete, state.store, tenant.id, document_id, versions
+        )
     except Exception:  # noqa: BLE001
         state.wake_worker()
     return Response(status_code=204)

@@ -283,3 +283,24 @@ def test_many_files_answer_in_the_upload_order(client, tenant):
     assert r.status_code == 202, r.text
     assert [d["document_id"] for d in r.json()["documents"]] == ["zeta", "alpha"]
     assert wait_job(client, headers, r.json()["job_id"])["state"] == "succeeded"
+
+
+def test_an_upload_during_a_delete_keeps_its_points(client, tenant, monkeypatch):
+    """DELETE hides the document, then deletes its points and purges it. An upload of the same
+    id in between revives it: the DELETE goes on with the versions it hid, so the new version's
+    points stay (deleting every point of the document took them, leaving a current version
+    with nothing indexed)."""
+    tenant_id, headers = tenant
+    indexed(client, headers, "refunds.txt", REFUND.encode())
+    state = client.app.state.ragtune
+    # the worker's sweep would otherwise finish this delete itself while the worker is idle
+    monkeypatch.setattr(state.worker, "sweep_deletions", lambda: None)
+    hid = state.documents.mark_deleting(tenant_id, "refunds")  # the DELETE's first step
+    assert hid == [1]
+    indexed(client, headers, "refunds.txt", REFUND_V2.encode(), document_id="refunds")
+    state.documents.finish_delete(state.store, tenant_id, "refunds", hid)  # the DELETE goes on
+    doc = client.get("/v1/documents/refunds", headers=headers).json()
+    assert doc["current_version"] == 2 and doc["chunks"] >= 1, doc
+    assert state.store.count(tenant_id, "refunds", 2) == doc["chunks"]
+    route = ask(client, headers, "What is the restocking fee?", route="rag")["route"]
+    assert route["signals"]["top_score"] is not None  # the current version is searchable
