@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from ingest.readers import content_type_for, read_sections
 from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
@@ -140,7 +141,12 @@ class DocumentService:
         job_dir = self.uploads_dir / tenant_id / job_id
         try:
             stored = self._store_files(job_dir, prepared)
-            out = self._register(tenant_id, job_id, prepared, stored, metadata)
+            try:
+                out = self._register(tenant_id, job_id, prepared, stored, metadata)
+            except IntegrityError:
+                # A new document id created by another upload since this one looked (FOR UPDATE
+                # locks no row that does not exist yet): once more, now locking that row.
+                out = self._register(tenant_id, job_id, prepared, stored, metadata)
         except OSError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.policy import Policy
@@ -61,12 +62,16 @@ class TenantService:
     def create(self, tenant_id: str, policy: Policy) -> tuple[TenantView, str]:
         validate_tenant_id(tenant_id)
         key_id, key = new_key()
-        with self.registry.session() as s:
-            if s.get(Tenant, tenant_id) is not None:
-                raise Conflict(f"tenant '{tenant_id}' already exists", code="tenant_exists")
-            s.add(Tenant(id=tenant_id, policy=policy.model_dump()))
-            s.flush()
-            s.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=digest(key)))
+        exists = Conflict(f"tenant '{tenant_id}' already exists", code="tenant_exists")
+        try:
+            with self.registry.session() as s:
+                if s.get(Tenant, tenant_id) is not None:
+                    raise exists
+                s.add(Tenant(id=tenant_id, policy=policy.model_dump()))
+                s.flush()
+                s.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=digest(key)))
+        except IntegrityError as exc:  # created by another request since the check above
+            raise exists from exc
         return TenantView(tenant_id, policy), key
 
     def get(self, tenant_id: str) -> TenantView:

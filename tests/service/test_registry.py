@@ -15,7 +15,7 @@ from service.documents import DocumentService, Upload
 from service.errors import Conflict, NotFound
 from service.policy import Policy
 from service.registry.db import Registry, normalize_url
-from service.registry.models import ApiKey, Document, DocumentVersion
+from service.registry.models import ApiKey, Document, DocumentVersion, Tenant
 from service.settings import DocumentLimits
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
@@ -191,3 +191,67 @@ def test_two_key_rotations_at_once_leave_one_valid_key(registry, monkeypatch):
     assert len(keys) == 2
     valid = [k for k in keys if svc.authenticate(k) is not None]
     assert valid == [keys[-1]]  # the rotation that ran last revoked the other's key
+
+
+def _paused_first(monkeypatch, entity_type):
+    """Session.get pauses in the thread named "first" after reading an `entity_type` row."""
+    read, resume = threading.Event(), threading.Event()
+    real_get = Session.get
+
+    def pausing_get(self, entity, ident, **kw):
+        found = real_get(self, entity, ident, **kw)
+        if entity is entity_type and threading.current_thread().name == "first":
+            read.set()
+            resume.wait(10)
+        return found
+
+    monkeypatch.setattr(Session, "get", pausing_get)
+    return read, resume
+
+
+def _race(first_fn, second_fn, read, resume) -> list:
+    """first_fn pauses after its read; second_fn runs meanwhile; what each returned or raised."""
+    results: list = [None, None]
+
+    def run(i, fn):
+        try:
+            results[i] = fn()
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            results[i] = exc
+
+    first = threading.Thread(target=run, args=(0, first_fn), name="first")
+    first.start()
+    assert read.wait(10)
+    second = threading.Thread(target=run, args=(1, second_fn))
+    second.start()
+    second.join(0.5)  # unordered, the second would commit here, inside the first's window
+    resume.set()
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    return results
+
+
+def test_the_same_tenant_created_twice_at_once_is_one_tenant_and_a_409(registry, monkeypatch):
+    svc = TenantService(registry)
+    read, resume = _paused_first(monkeypatch, Tenant)
+    first, second = _race(lambda: svc.create("acme", Policy()),
+                          lambda: svc.create("acme", Policy()), read, resume)
+    outcomes = sorted(type(r).__name__ for r in (first, second))
+    assert outcomes == ["Conflict", "tuple"], (first, second)  # never a bare IntegrityError
+    assert next(r for r in (first, second) if isinstance(r, Conflict)).code == "tenant_exists"
+
+
+def test_a_new_document_uploaded_twice_at_once_gets_two_versions(registry, tmp_path, monkeypatch):
+    TenantService(registry).create("acme", Policy())
+    docs = DocumentService(registry, tmp_path / "uploads", DocumentLimits())
+    read, resume = _paused_first(monkeypatch, Document)
+
+    def up(text: bytes):
+        return lambda: docs.upload("acme", [Upload("refunds.txt", text)], "refunds")
+
+    first, second = _race(up(b"Refunds within 45 days."), up(b"Refunds within 14 days."),
+                          read, resume)
+    assert isinstance(first, dict) and isinstance(second, dict), (first, second)
+    got = sorted(r["documents"][0]["version"] for r in (first, second))
+    assert got == [1, 2]
