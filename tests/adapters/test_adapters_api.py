@@ -5,6 +5,7 @@ adapters leaving nothing behind, tenant isolation, several replicas, reconcile, 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -70,8 +71,10 @@ def chat(client, headers, content="hello", **extra):
 
 
 def stored_files(client) -> list[Path]:
+    """The files under the adapter root; os.walk, not rglob: a delete may be removing the
+    folders while this looks (rglob raises on a folder gone mid-scan, os.walk skips it)."""
     root = client.app.state.ragtune.settings.resolved_adapters_root
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return sorted(Path(d) / n for d, _, names in os.walk(root) for n in names)
 
 
 def test_register_serve_list_and_models(client, engines, tmp_path):
