@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from adapters.archive import resolve_under_root
 from adapters.engine import EngineAdapters, engine_name
@@ -194,6 +195,14 @@ class AdapterService:
         return await asyncio.to_thread(self.get, tenant_id, name)
 
     def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples):
+        try:
+            return self._reserve_once(tenant_id, name, info, description, examples)
+        except IntegrityError:
+            # A new name created by another registration since this one looked (FOR UPDATE
+            # locks no row that does not exist yet): once more, now locking that row.
+            return self._reserve_once(tenant_id, name, info, description, examples)
+
+    def _reserve_once(self, tenant_id, name, info: AdapterInfo, description, examples):
         with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None:

@@ -255,3 +255,25 @@ def test_a_new_document_uploaded_twice_at_once_gets_two_versions(registry, tmp_p
     assert isinstance(first, dict) and isinstance(second, dict), (first, second)
     got = sorted(r["documents"][0]["version"] for r in (first, second))
     assert got == [1, 2]
+
+
+def test_a_new_adapter_name_registered_twice_at_once_gets_two_versions(
+    registry, tmp_path, monkeypatch
+):
+    from adapters.service import AdapterService
+    from adapters.validation import AdapterInfo
+    from service.registry.models import Adapter
+    from service.settings import Settings
+
+    TenantService(registry).create("acme", Policy())
+    service = AdapterService(registry, None, Settings(data_dir=tmp_path))
+    info = AdapterInfo(rank=8, alpha=16, target_modules=["q_proj"], base_model="base",
+                       size_bytes=1, num_tensors=2)
+    read, resume = _paused_first(monkeypatch, Adapter)
+
+    def reserve():
+        return service._reserve("acme", "warelang", info, "rules", ["a prompt"])
+
+    first, second = _race(reserve, reserve, read, resume)
+    assert isinstance(first, tuple) and isinstance(second, tuple), (first, second)
+    assert sorted(r[0] for r in (first, second)) == [1, 2]
