@@ -88,111 +88,6 @@ def test_tenant_lifecycle_and_keys(registry):
         assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar() == 0
 
 
-def test_a_purge_never_takes_a_document_uploaded_again_meanwhile(registry, tmp_path, monkeypatch):
-    """DELETE hides a document, then purges its rows. A new upload of the same id between the
-    purge's read and its delete must survive: on PostgreSQL the row lock orders them, on SQLite
-    the purge's transaction holds the write lock from its start (without it, the purge deleted
-    the revived document and, by cascade, the new upload's version and file)."""
-    TenantService(registry).create("acme", Policy())
-    docs = DocumentService(registry, tmp_path / "uploads", DocumentLimits())
-    docs.upload("acme", [Upload("refunds.txt", b"Refunds within 45 days.")], "refunds")
-    docs.mark_deleting("acme", "refunds")
-
-    read, resume = threading.Event(), threading.Event()
-    real_get = Session.get
-
-    def pausing_get(self, entity, ident, **kw):
-        found = real_get(self, entity, ident, **kw)
-        if entity is Document and threading.current_thread().name == "purge":
-            read.set()
-            resume.wait(10)
-        return found
-
-    monkeypatch.setattr(Session, "get", pausing_get)
-    purge = threading.Thread(target=docs.purge, args=("acme", "refunds"), name="purge")
-    purge.start()
-    assert read.wait(10)
-    uploaded: list[dict] = []
-    again = threading.Thread(target=lambda: uploaded.append(docs.upload(
-        "acme", [Upload("refunds.txt", b"Refunds within 14 days.")], "refunds")))
-    again.start()
-    again.join(0.5)  # unordered, the upload would commit here, inside the purge's window
-    resume.set()
-    purge.join(10)
-    again.join(10)
-    assert not purge.is_alive() and not again.is_alive() and uploaded
-
-    version = uploaded[0]["documents"][0]["version"]
-    with registry.session() as s:
-        doc = s.get(Document, ("acme", "refunds"))
-        kept = s.get(DocumentVersion, ("acme", "refunds", version))
-    assert doc is not None and doc.state == "live"
-    assert kept is not None and kept.state == "queued"
-    assert Path(kept.stored_path).is_file()
-
-
-def test_two_policy_patches_at_once_both_land(registry, monkeypatch):
-    """A PATCH merges into the stored policy: the second of two concurrent PATCHes must merge
-    into the first's result, not into what both read (a lost update without the row lock on
-    PostgreSQL, or without the write lock on SQLite)."""
-    svc = TenantService(registry)
-    svc.create("acme", Policy())
-    read, resume = threading.Event(), threading.Event()
-    real_get = Session.get
-
-    def pausing_get(self, entity, ident, **kw):
-        found = real_get(self, entity, ident, **kw)
-        if threading.current_thread().name == "first":
-            read.set()
-            resume.wait(10)
-        return found
-
-    monkeypatch.setattr(Session, "get", pausing_get)
-    first = threading.Thread(target=svc.update_policy, args=("acme", {"top_k": 7}), name="first")
-    first.start()
-    assert read.wait(10)
-    second = threading.Thread(target=svc.update_policy, args=("acme", {"min_score": 0.5}))
-    second.start()
-    second.join(0.5)  # unordered, the second PATCH would commit here, inside the first's window
-    resume.set()
-    first.join(10)
-    second.join(10)
-    assert not first.is_alive() and not second.is_alive()
-    policy = svc.get("acme").policy
-    assert (policy.top_k, policy.min_score) == (7, 0.5)
-
-
-def test_two_key_rotations_at_once_leave_one_valid_key(registry, monkeypatch):
-    """The first rotation pauses after revoking the old key, before adding its new one. On
-    PostgreSQL without the tenant row lock, the second rotation's revoke then skips the first's
-    new key (not yet committed when it looked) and both new keys stay valid."""
-    svc = TenantService(registry)
-    svc.create("acme", Policy())
-    read, resume = threading.Event(), threading.Event()
-    real_add = Session.add
-
-    def pausing_add(self, instance, *a, **kw):
-        if isinstance(instance, ApiKey) and threading.current_thread().name == "first":
-            read.set()
-            resume.wait(10)
-        return real_add(self, instance, *a, **kw)
-
-    monkeypatch.setattr(Session, "add", pausing_add)
-    keys: list[str] = []
-    first = threading.Thread(target=lambda: keys.append(svc.rotate_key("acme")), name="first")
-    first.start()
-    assert read.wait(10)
-    second = threading.Thread(target=lambda: keys.append(svc.rotate_key("acme")))
-    second.start()
-    second.join(0.5)  # unordered, the second rotation would commit here
-    resume.set()
-    first.join(10)
-    second.join(10)
-    assert len(keys) == 2
-    valid = [k for k in keys if svc.authenticate(k) is not None]
-    assert valid == [keys[-1]]  # the rotation that ran last revoked the other's key
-
-
 def _paused_first(monkeypatch, entity_type):
     """Session.get pauses in the thread named "first" after reading an `entity_type` row."""
     read, resume = threading.Event(), threading.Event()
@@ -230,6 +125,69 @@ def _race(first_fn, second_fn, read, resume) -> list:
     second.join(10)
     assert not first.is_alive() and not second.is_alive()
     return results
+
+
+def test_a_purge_never_takes_a_document_uploaded_again_meanwhile(registry, tmp_path, monkeypatch):
+    """DELETE hides a document, then purges its rows. A new upload of the same id between the
+    purge's read and its delete must survive: on PostgreSQL the row lock orders them, on SQLite
+    the purge's transaction holds the write lock from its start (without it, the purge deleted
+    the revived document and, by cascade, the new upload's version and file)."""
+    TenantService(registry).create("acme", Policy())
+    docs = DocumentService(registry, tmp_path / "uploads", DocumentLimits())
+    docs.upload("acme", [Upload("refunds.txt", b"Refunds within 45 days.")], "refunds")
+    docs.mark_deleting("acme", "refunds")
+
+    read, resume = _paused_first(monkeypatch, Document)
+    _, uploaded = _race(
+        lambda: docs.purge("acme", "refunds"),
+        lambda: docs.upload("acme", [Upload("refunds.txt", b"Refunds within 14 days.")],
+                            "refunds"),
+        read, resume,
+    )
+    assert isinstance(uploaded, dict), uploaded
+
+    version = uploaded["documents"][0]["version"]
+    with registry.session() as s:
+        doc = s.get(Document, ("acme", "refunds"))
+        kept = s.get(DocumentVersion, ("acme", "refunds", version))
+    assert doc is not None and doc.state == "live"
+    assert kept is not None and kept.state == "queued"
+    assert Path(kept.stored_path).is_file()
+
+
+def test_two_policy_patches_at_once_both_land(registry, monkeypatch):
+    """A PATCH merges into the stored policy: the second of two concurrent PATCHes must merge
+    into the first's result, not into what both read (a lost update without the row lock on
+    PostgreSQL, or without the write lock on SQLite)."""
+    svc = TenantService(registry)
+    svc.create("acme", Policy())
+    read, resume = _paused_first(monkeypatch, Tenant)
+    _race(lambda: svc.update_policy("acme", {"top_k": 7}),
+          lambda: svc.update_policy("acme", {"min_score": 0.5}), read, resume)
+    policy = svc.get("acme").policy
+    assert (policy.top_k, policy.min_score) == (7, 0.5)
+
+
+def test_two_key_rotations_at_once_leave_one_valid_key(registry, monkeypatch):
+    """The first rotation pauses after revoking the old key, before adding its new one. On
+    PostgreSQL without the tenant row lock, the second rotation's revoke then skips the first's
+    new key (not yet committed when it looked) and both new keys stay valid."""
+    svc = TenantService(registry)
+    svc.create("acme", Policy())
+    read, resume = threading.Event(), threading.Event()
+    real_add = Session.add
+
+    def pausing_add(self, instance, *a, **kw):
+        if isinstance(instance, ApiKey) and threading.current_thread().name == "first":
+            read.set()
+            resume.wait(10)
+        return real_add(self, instance, *a, **kw)
+
+    monkeypatch.setattr(Session, "add", pausing_add)
+    keys = _race(lambda: svc.rotate_key("acme"), lambda: svc.rotate_key("acme"), read, resume)
+    assert all(isinstance(k, str) for k in keys), keys
+    valid = [k for k in keys if svc.authenticate(k) is not None]
+    assert valid == [keys[1]]  # the second rotation, which ran last, revoked the first's key
 
 
 def test_the_same_tenant_created_twice_at_once_is_one_tenant_and_a_409(registry, monkeypatch):
