@@ -32,15 +32,15 @@ def with_context(messages: Sequence[dict], chunks: Sequence[str]) -> list[dict]:
 
 
 def fit_to_budget(
-    chunks: list[str], max_tokens: int, count_tokens: Callable[[str], int],
-    counts: Sequence[int | None] = (),
+    chunks: list[str], counts: Sequence[int | None], max_tokens: int,
+    count_tokens: Callable[[str], int],
 ) -> list[str]:
     """The best-ranked chunks that fit in `max_tokens` (always at least the first, cut).
     `counts`: each chunk's token count where already known (stored at ingestion), else None;
-    the others are counted with `count_tokens`."""
+    those are counted with `count_tokens`."""
     kept, used = [], 0
-    for i, text in enumerate(chunks):
-        n = counts[i] if i < len(counts) and counts[i] is not None else count_tokens(text)
+    for text, known in zip(chunks, counts, strict=True):
+        n = known if known is not None else count_tokens(text)
         if used + n > max_tokens:
             if not kept:
                 ids_budget = max(1, max_tokens * len(text) // max(n, 1))

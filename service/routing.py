@@ -150,8 +150,8 @@ class Router:
 
     def _with_context(self, decision, adapter, policy: Policy, retrieval) -> Routed:
         hits = [h for h in retrieval.hits if h.score >= policy.min_score]
-        texts = fit_to_budget([h.text for h in hits], policy.context_max_tokens, self.count_tokens,
-                              [h.tokens for h in hits])
+        texts = fit_to_budget([h.text for h in hits], [h.tokens for h in hits],
+                              policy.context_max_tokens, self.count_tokens)
         if not texts:
             decision.reason += (
                 f"; no chunk scored above the floor {policy.min_score:.2f}, "
