@@ -18,7 +18,7 @@ MAX_EXAMPLES_FROM_TRAINING_FILE = 20
 
 
 def _settings():
-    from service.settings import load_settings
+    from core.settings import load_settings
 
     return load_settings()
 
@@ -63,8 +63,8 @@ def train(
     from transformers import AutoTokenizer
 
     from adapters.datacheck import check_training_data, load_jsonl
-    from adapters.errors import TrainingDataError
     from adapters.train import TrainingRefused, train_lora
+    from core.errors import TrainingDataError
 
     settings = _settings()
     base_dir = base_model_dir or settings.resolved_model_dir

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import TrainingDataError
+from core.errors import TrainingDataError
 
 # Below ~50 distinct examples a LoRA memorises its rows instead of learning the behaviour behind
 # them, and there is nothing left over to check it with; the rules-language adapter this project

@@ -26,13 +26,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from adapters.archive import resolve_under_root
-from adapters.engine import EngineAdapters, engine_name
-from adapters.errors import AdapterError
+from adapters.hotswap import EngineAdapters, engine_name
 from adapters.validation import AdapterInfo, validate_adapter, validate_archive
-from service.errors import APIError, Conflict, InvalidRequest, NotFound
-from service.registry.db import Registry
-from service.registry.models import Adapter, AdapterVersion, utcnow
-from service.settings import Settings
+from core.errors import AdapterError, APIError, Conflict, InvalidRequest, NotFound
+from core.registry.db import Registry
+from core.registry.models import Adapter, AdapterVersion, utcnow
+from core.settings import Settings
 
 log = logging.getLogger("ragtune.adapters")
 

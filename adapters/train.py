@@ -3,7 +3,7 @@
 The base model's own chat template builds every sample; the loss counts only the answer's tokens
 (and the end-of-turn token, so the model learns to stop). With `context_docs`, a share of the
 samples carries retrieved context exactly as the adapter+RAG path serves it: the chunks come from
-ingestion's own splitter and `with_context` (service/context.py) is the one format both sides use.
+ingestion's own splitter and `with_context` (ingest/context.py) is the one format both sides use.
 The relevant passage comes with distractors (RAFT), because an adapter trained without context is
 disturbed by context.
 
@@ -26,23 +26,23 @@ from typing import Any
 from adapters.archive import CONFIG_NAME, WEIGHTS_NAME
 from adapters.datacheck import DataReport, Sample, check_training_data, normalise_rows
 from adapters.validation import AdapterInfo, base_layout, validate_adapter
-from service.context import CONTEXT_HEADER, with_context
+from ingest.context import CONTEXT_HEADER, with_context
 
 IGNORE_INDEX = -100
 
-Embedder = Callable[[list[str]], Any]  # texts -> L2-normalised vectors (n, d)
+EmbedTexts = Callable[[list[str]], Any]  # texts -> L2-normalised vectors (n, d)
 
 
-# ---- context: the serving side's format (service/context.py) and chunks (ingest/) ----------
+# ---- context: the serving side's format (ingest/context.py) and chunks (ingest/) ----------
 
 
 def load_context_chunks(context_docs: Sequence[str] | Path | str) -> list[str]:
     """The chunks retrieval would serve from these documents: a list of texts, or the files
     under a folder, read by ingestion's readers and split by its pipeline's splitter with the
     service's chunk settings, so training context looks like serving context."""
+    from core.settings import ChunkingSettings
     from ingest.pipeline import ChunkPipeline
     from ingest.readers import TYPES, Section, content_type_for, read_sections
-    from service.settings import ChunkingSettings
 
     if isinstance(context_docs, str | Path):
         folder = Path(context_docs)
@@ -68,8 +68,8 @@ def embed_texts(texts: list[str]):
     """The service's embedding model (ingest/embedding.py, default settings), normalised."""
     import numpy as np
 
+    from core.settings import EmbeddingSettings
     from ingest.embedding import shared_embedder
-    from service.settings import EmbeddingSettings
 
     return np.asarray(shared_embedder(EmbeddingSettings().model_dump_json()).texts(list(texts)))
 
@@ -80,7 +80,7 @@ def select_context(
     *,
     distractors: int = 1,
     rng: random.Random,
-    embed: Embedder = embed_texts,
+    embed: EmbedTexts = embed_texts,
 ) -> list[list[str]]:
     """For each query: the most similar chunk plus `distractors` random others, shuffled, so the
     model learns to find the relevant passage rather than trust the first one."""
@@ -105,7 +105,7 @@ def plan_context(
     fraction: float,
     distractors: int,
     rng: random.Random,
-    embed: Embedder = embed_texts,
+    embed: EmbedTexts = embed_texts,
 ) -> list[list[dict]]:
     """Prompt messages per sample; `round(fraction * n)` randomly chosen samples get context
     (the rest stay as they are, as prompts served without retrieval are)."""
@@ -241,7 +241,7 @@ def train_lora(
     progress: bool = True,
     force: bool = False,
     eval_samples: int = 32,
-    embed: Embedder = embed_texts,
+    embed: EmbedTexts = embed_texts,
 ) -> TrainResult:
     """Train a LoRA on all linear projections of the base model's decoder layers.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.archive import CONFIG_NAME, WEIGHTS_NAME, clear_folder, safe_unpack
-from adapters.errors import AdapterError
+from core.errors import AdapterError
 
 # Files that can run code when loaded (torch.load, pickle, joblib): refused on sight.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# Written by service.engine.model.prepare_model once a base model folder is complete.
+# Written by core.base_model.prepare_model once a base model folder is complete.
 PREPARED_MARKER = "ragtune-prepared.json"
 
 

@@ -65,10 +65,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from core.settings import ChunkingSettings, EmbeddingSettings  # noqa: E402
 from ingest.pipeline import ChunkPipeline  # noqa: E402
 from ingest.readers import content_type_for, read_sections  # noqa: E402
 from service.policy import Policy  # noqa: E402
-from service.settings import ChunkingSettings, EmbeddingSettings  # noqa: E402
 
 EX = REPO / "examples"
 # tenant -> (labeled queries, knowledge-base folder or None)

@@ -39,20 +39,22 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ingest.embedding import Embedder, shared_embedder  # noqa: E402
-from ingest.pipeline import ChunkPipeline  # noqa: E402
-from ingest.readers import content_type_for, read_sections  # noqa: E402
-from ingest.vector_store import ChunkStore, QdrantSettings, open_chunk_store  # noqa: E402
-from ingest.worker import IngestWorker  # noqa: E402
-from service.documents import DocumentService, Upload  # noqa: E402
-from service.policy import Policy  # noqa: E402
-from service.registry.db import Registry  # noqa: E402
-from service.settings import (  # noqa: E402
+from core.registry.db import Registry  # noqa: E402
+from core.settings import (  # noqa: E402
     ChunkingSettings,
     DocumentLimits,
     EmbeddingSettings,
+    QdrantSettings,  # noqa: E402
     WorkerSettings,
 )
+from ingest.documents import DocumentService, Upload  # noqa: E402
+from ingest.embedding import Embedder, shared_embedder  # noqa: E402
+from ingest.pipeline import ChunkPipeline  # noqa: E402
+from ingest.readers import content_type_for, read_sections  # noqa: E402
+from ingest.stores import open_chunk_store  # noqa: E402
+from ingest.vector_store import ChunkStore  # noqa: E402
+from ingest.worker import IngestWorker  # noqa: E402
+from service.policy import Policy  # noqa: E402
 from service.tenants import TenantService  # noqa: E402
 
 GOAL_RATIO = 0.9

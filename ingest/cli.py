@@ -15,13 +15,13 @@ from ingest.readers import TYPES
 
 def worker(data_dir: Path | None = None) -> None:
     """Run one ingestion worker against the configured registry and Qdrant."""
+    from core.observability import configure_logging
+    from core.registry.db import Registry
+    from core.settings import load_settings
     from ingest.embedding import shared_embedder
     from ingest.pipeline import ChunkPipeline
-    from ingest.vector_store import open_chunk_store
+    from ingest.stores import open_chunk_store
     from ingest.worker import IngestWorker
-    from service.observability import configure_logging
-    from service.registry.db import Registry
-    from service.settings import load_settings
 
     settings = load_settings(**({"data_dir": data_dir} if data_dir else {}))
     configure_logging(settings.log_level, settings.log_json)

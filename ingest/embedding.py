@@ -8,7 +8,7 @@ import threading
 import warnings
 from functools import lru_cache
 
-from service.settings import EmbeddingSettings
+from core.settings import EmbeddingSettings
 
 log = logging.getLogger("ragtune.embedding")
 PROBES = ("dimension probe", "a longer probe of the query path, " * 12)

@@ -8,10 +8,10 @@ from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, TransformComponent
 
+from core.settings import ChunkingSettings
 from ingest.embedding import Embedder
 from ingest.readers import Section
 from ingest.vector_store import Chunk, chunk_id
-from service.settings import ChunkingSettings
 
 
 class _Embed(TransformComponent):

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass, field
 
-from service.errors import APIError
+from core.errors import EmptyFile, UnreadableFile, UnsupportedType
 
 TYPES = {
     ".txt": "text/plain",
@@ -24,21 +24,6 @@ TYPES = {
     ".json": "application/json",
     ".jsonl": "application/jsonl",
 }
-
-
-class UnsupportedType(APIError):
-    status = 415
-    code = "unsupported_file_type"
-
-
-class UnreadableFile(APIError):
-    status = 422
-    code = "unreadable_file"
-
-
-class EmptyFile(APIError):
-    status = 422
-    code = "empty_document"
 
 
 @dataclass

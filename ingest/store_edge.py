@@ -26,6 +26,7 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
+from core.settings import QdrantSettings
 from ingest.vector_store import (
     DOC_VERSION_KEY,
     DOCUMENT_KEY,
@@ -33,7 +34,6 @@ from ingest.vector_store import (
     Chunk,
     DeletesByFilter,
     Hit,
-    QdrantSettings,
     VectorStoreError,
     check_chunks,
     chunk_payload,

@@ -19,6 +19,7 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 
+from core.settings import QdrantSettings
 from ingest.vector_store import (
     CHUNK_INDEX_KEY,
     DOC_VERSION_KEY,
@@ -31,7 +32,6 @@ from ingest.vector_store import (
     Chunk,
     DeletesByFilter,
     Hit,
-    QdrantSettings,
     VectorStoreError,
     check_chunks,
     doc_version,

@@ -5,7 +5,7 @@ Qdrant's multitenancy advice: one collection, a `tenant_id` keyword payload inde
 (`m=0`, `payload_m=16`) instead of one global graph that no query uses. Every search filters on
 the tenant; a tenant never gets another tenant's chunk, whatever it passes.
 
-Two implementations behind `ChunkStore`:
+Two implementations behind `ChunkStore` (ingest/stores.py opens the one settings name):
 - `EdgeChunkStore` (ingest/store_edge.py): Qdrant Edge, Qdrant's engine in this process, on local
   disk. The embedded default (`url` unset).
 - `ServerChunkStore` (ingest/store_qdrant.py): a Qdrant server through qdrant-client and
@@ -20,10 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
-
-from pydantic import BaseModel, Field, SecretStr
 
 # uuid5 namespace of chunk ids: fixed forever, or re-running a job would stop overwriting.
 CHUNK_ID_NAMESPACE = uuid.UUID("6f1d4c0e-3a52-5b8e-9c7d-2f0a8e4b7c31")
@@ -38,47 +35,6 @@ SOURCE_KEY = "source"
 TEXT_KEY = "text"
 METADATA_KEY = "metadata"  # the upload's user metadata, nested so it never shadows our keys
 TOKENS_KEY = "tokens"  # the chunk's length in the embedding model's tokens (the context budget's)
-
-
-class QdrantSettings(BaseModel):
-    """The vector store. `url` unset: Qdrant Edge embedded in the serving process."""
-
-    url: str | None = Field(None, description="Qdrant server URL. Unset: embedded Qdrant Edge.")
-    api_key: SecretStr | None = None
-    collection: str = "ragtune_chunks"
-    path: Path | None = Field(None, description="Embedded store folder. Unset: <data_dir>/qdrant.")
-    timeout_s: float = Field(10.0, description="Server requests.")
-    hnsw_ef: int = Field(128, description="HNSW beam width of a search (recall vs latency).")
-    payload_m: int = Field(16, description="HNSW links per point inside its tenant's graph.")
-    ef_construct: int = 100
-    full_scan_threshold_kb: int = Field(
-        10_000,
-        description=(
-            "A tenant whose vectors take less than this (KB; 384-d float32 is 1.5 KB a chunk, so "
-            "~6.6k chunks) is searched exactly through the tenant index and gets no HNSW graph."
-        ),
-    )
-    acorn: bool = Field(
-        False,
-        description=(
-            "ACORN filtered search (explores neighbours of neighbours). Not needed with per-tenant "
-            "graphs (bench/retrieval.py measures recall without it); costs latency."
-        ),
-    )
-    indexing_threshold_kb: int | None = Field(
-        None,
-        description="Edge: a segment bigger than this (KB) gets its HNSW index. Unset: 10 MB.",
-    )
-    optimize_after_points: int = Field(
-        20_000,
-        description=(
-            "Edge: run the optimizer (index, merge, vacuum) inline once this many points were "
-            "written or deleted since the last run. It holds the GIL while it runs."
-        ),
-    )
-
-    def resolved_path(self, data_dir: Path) -> Path:
-        return self.path or data_dir / "qdrant"
 
 
 @dataclass(frozen=True)
@@ -219,18 +175,3 @@ def check_chunks(chunks: Sequence[Chunk], dim: int) -> None:
         require_tenant(c.tenant_id)
         if len(c.vector) != dim:
             raise ValueError(f"chunk {c.id}: vector has {len(c.vector)} dimensions, expected {dim}")
-
-
-def open_chunk_store(settings: QdrantSettings, data_dir: Path) -> ChunkStore:
-    """Edge in `settings.path` (default `<data_dir>/qdrant`) when `settings.url` is unset, else
-    the server."""
-    if not isinstance(settings, QdrantSettings):
-        # Another settings model with (a subset of) these fields: take what it has.
-        settings = QdrantSettings.model_validate(settings.model_dump())
-    if settings.url is None:
-        from ingest.store_edge import EdgeChunkStore
-
-        return EdgeChunkStore(settings.resolved_path(data_dir), settings)
-    from ingest.store_qdrant import ServerChunkStore
-
-    return ServerChunkStore.connect(settings)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 
+from core.registry.db import Registry
+from core.registry.models import Document, DocumentVersion, Job, utcnow
+from core.settings import WorkerSettings
+from ingest.documents import DocumentService
 from ingest.pipeline import ChunkPipeline
 from ingest.readers import Section
 from ingest.vector_store import ChunkStore
-from service.documents import DocumentService
-from service.registry.db import Registry
-from service.registry.models import Document, DocumentVersion, Job, utcnow
-from service.settings import WorkerSettings
 
 log = logging.getLogger("ragtune.worker")
 

@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 
 from adapters.datacheck import check_training_data, parse_jsonl
-from service.documents import DocumentService
-from service.errors import InvalidRequest
-from service.llm.pool import EnginePool
+from core.engine_pool import EnginePool
+from core.errors import InvalidRequest
+from ingest.documents import DocumentService
 
 REFERENCE = Path(__file__).parent / "data" / "reference.txt"
 LEAD_IN = "Here is an excerpt from a document:\n\n"

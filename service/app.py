@@ -13,23 +13,23 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from adapters.engine import EngineAdapters
+from adapters.hotswap import EngineAdapters
 from adapters.service import AdapterService
+from core.base_model import prepare_model
+from core.engine_pool import EnginePool
+from core.metrics import Metrics
+from core.observability import RequestContextMiddleware
+from core.registry.db import Registry
+from core.settings import Settings
+from ingest.documents import DocumentService
+from ingest.retrieval import Retriever
 from service.advisor import Advisor
 from service.chat import ChatService
-from service.documents import DocumentService
-from service.engine.model import prepare_model
-from service.engine.supervisor import EngineSupervisor
-from service.errors import install_error_handlers
+from service.engine_supervisor import EngineSupervisor
+from service.http_errors import install_error_handlers
 from service.limits import RateLimiter
-from service.llm.pool import EnginePool
-from service.metrics import Metrics
-from service.observability import RequestContextMiddleware
-from service.rag import Retriever
-from service.registry.db import Registry
+from service.path_router import PathRouter
 from service.routes import adapters, advisor, chat, documents, health, tenants
-from service.routing import Router
-from service.settings import Settings
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
 
@@ -39,7 +39,7 @@ log = logging.getLogger("ragtune.app")
 def open_knowledge_base(settings: Settings):
     """The embedding model and the vector store (blocking: run it in a thread)."""
     from ingest.embedding import shared_embedder
-    from ingest.vector_store import open_chunk_store
+    from ingest.stores import open_chunk_store
 
     embedder = shared_embedder(settings.embedding.model_dump_json())
     store = open_chunk_store(settings.qdrant, settings.data_dir)
@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
         )
         adapter_service = AdapterService(registry, engines, settings, embed_texts=embedder.texts)
-        router = Router(Retriever(store, embedder, docs), adapter_service, metrics)
+        router = PathRouter(Retriever(store, embedder, docs), adapter_service, metrics)
         state = State(
             settings=settings,
             metrics=metrics,

@@ -13,14 +13,21 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.service import AdapterService, ServedAdapter
-from service.context import with_context
-from service.errors import APIError, InvalidRequest, NotFound, UpstreamError, error_body
+from core.engine_pool import EnginePool
+from core.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotLoaded,
+    NotFound,
+    UpstreamError,
+    error_body,
+)
+from core.metrics import Metrics
+from core.settings import LimitSettings
+from ingest.context import with_context
 from service.limits import RateLimiter
-from service.llm.pool import EnginePool, ModelNotLoaded
-from service.metrics import Metrics
+from service.path_router import PathRouter, Routed
 from service.policy import Policy, RouteDecision
-from service.routing import Routed, Router
-from service.settings import LimitSettings
 from service.tenants import TenantView
 
 # OpenAI sampling fields we pass through to vLLM; anything else in the body is ignored.
@@ -121,7 +128,7 @@ class ChatService:
         metrics: Metrics,
         limits: LimitSettings,
         base_model: str,
-        router: Router,
+        router: PathRouter,
         adapters: AdapterService | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:

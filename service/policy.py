@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 Path = Literal["prompt", "rag", "adapter_rag"]
 

@@ -13,15 +13,15 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from adapters.service import AdapterService
+from core.engine_pool import EnginePool
+from core.errors import Forbidden, Unauthorized
+from core.metrics import Metrics
+from core.registry.db import Registry
+from core.settings import Settings
+from ingest.documents import DocumentService
 from service.advisor import Advisor
 from service.chat import ChatService
-from service.documents import DocumentService
-from service.engine.supervisor import EngineSupervisor
-from service.errors import Forbidden, Unauthorized
-from service.llm.pool import EnginePool
-from service.metrics import Metrics
-from service.registry.db import Registry
-from service.settings import Settings
+from service.engine_supervisor import EngineSupervisor
 from service.tenants import TenantService, TenantView
 
 

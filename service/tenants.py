@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.errors import Conflict, InvalidRequest, NotFound
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.registry.db import Registry
+from core.registry.models import ApiKey, Tenant, utcnow
 from service.policy import Policy
-from service.registry.db import Registry
-from service.registry.models import ApiKey, Tenant, utcnow
 
 TENANT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 KEY_FORMAT = re.compile(r"^rt-([0-9a-f]{16})-([A-Za-z0-9_-]{43})$")

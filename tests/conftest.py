@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from tests.fake_engine import FakeEngine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from adapters.archive import copy_capped_file
-from service.errors import InvalidRequest
+from core.errors import InvalidRequest
 from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import StreamingResponse
 
 from service.chat import ChatRequest
-from service.errors import ORJSONResponse
+from service.http_errors import ORJSONResponse
 from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 

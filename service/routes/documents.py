@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from service.documents import Upload
-from service.errors import InvalidRequest, PayloadTooLarge
+from core.errors import InvalidRequest, PayloadTooLarge
+from ingest.documents import Upload
 from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 

@@ -5,7 +5,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
 
-from service.errors import ORJSONResponse
+from service.http_errors import ORJSONResponse
 from service.routes import JSONRoute
 from service.state import AppState
 

@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from service.settings import BASE_MODEL_NAME
+from core.settings import BASE_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ PREFIX = "base_model.model.model.layers"
 
 @functools.cache
 def base_model_dir() -> Path:
-    from service.engine.model import prepare_model
+    from core.base_model import prepare_model
 
     target = Path(os.environ.get("RAGTUNE_TEST_MODEL_DIR", ROOT / ".data" / "models" / "base"))
     return prepare_model(target, log=lambda *_: None)

@@ -434,7 +434,7 @@ def test_reconcile_finishes_a_delete_a_dead_process_left_half_done(client, engin
     while (stored_files(client) or any(e.loras for e in engines)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stored_files(client) == [] and all(not e.loras for e in engines)
-    from service.registry.models import Adapter
+    from core.registry.models import Adapter
 
     with state.registry.session() as s:
         assert s.get(Adapter, (tenant, "warelang")) is None

@@ -12,7 +12,7 @@ import pytest
 
 from adapters import archive as archive_mod
 from adapters.archive import pack_adapter, resolve_under_root, safe_unpack
-from adapters.errors import ADAPTER_ERROR_CODES, AdapterError
+from core.errors import ADAPTER_ERROR_CODES, AdapterError
 from tests.adapters import factories as f
 
 MAX_BYTES = 1 << 20

@@ -14,7 +14,7 @@ from adapters.datacheck import (
     normalise_row,
     parse_jsonl,
 )
-from adapters.errors import TrainingDataError
+from core.errors import TrainingDataError
 
 
 def pairs(n: int, start: int = 0) -> list[dict]:

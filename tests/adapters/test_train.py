@@ -24,8 +24,8 @@ from adapters.train import (
     train_lora,
 )
 from adapters.validation import validate_adapter
-from service.context import CONTEXT_HEADER, format_context, with_context
-from service.settings import BASE_MODEL_NAME, ChunkingSettings
+from core.settings import BASE_MODEL_NAME, ChunkingSettings
+from ingest.context import CONTEXT_HEADER, format_context, with_context
 from tests.adapters.factories import base_model_dir
 
 

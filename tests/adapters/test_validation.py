@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import AdapterError
 from adapters.validation import (
     AdapterInfo,
     _introspected_layout,
@@ -15,7 +14,8 @@ from adapters.validation import (
     validate_adapter,
     validate_archive,
 )
-from service.settings import BASE_MODEL_NAME
+from core.errors import AdapterError
+from core.settings import BASE_MODEL_NAME
 from tests.adapters import factories as f
 
 MAX_RANK = 64

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from core.registry.db import MIGRATIONS, Registry
 from service.policy import Policy
-from service.registry.db import MIGRATIONS, Registry
 from service.tenants import TenantService
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -430,7 +430,7 @@ def test_rendered_ragtune_settings_are_real_settings(scenario):
 
 def unknown_settings(names) -> list[str]:
     """RAGTUNE_* names that no Settings field reads (nested groups through `__`)."""
-    from service.settings import Settings
+    from core.settings import Settings
 
     bad = []
     for name in sorted(names):

@@ -7,19 +7,20 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from ingest.embedding import shared_embedder
-from ingest.pipeline import ChunkPipeline
-from ingest.vector_store import QdrantSettings, open_chunk_store
-from ingest.worker import IngestWorker
-from service.documents import DocumentService, Upload
-from service.policy import Policy
-from service.registry.db import Registry, normalize_url
-from service.settings import (
+from core.registry.db import Registry, normalize_url
+from core.settings import (
     ChunkingSettings,
     DocumentLimits,
     EmbeddingSettings,
+    QdrantSettings,
     WorkerSettings,
 )
+from ingest.documents import DocumentService, Upload
+from ingest.embedding import shared_embedder
+from ingest.pipeline import ChunkPipeline
+from ingest.stores import open_chunk_store
+from ingest.worker import IngestWorker
+from service.policy import Policy
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
 

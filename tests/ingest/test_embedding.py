@@ -30,8 +30,8 @@ def test_query_vectors_match_llama_index_query_embedding():
 
 
 def test_query_threads_do_not_leak_into_batch_embedding():
+    from core.settings import EmbeddingSettings
     from ingest.embedding import Embedder
-    from service.settings import EmbeddingSettings
 
     e = Embedder(EmbeddingSettings(query_threads=1))
     seen = {}
@@ -50,8 +50,8 @@ def test_query_threads_do_not_leak_into_batch_embedding():
 
 
 def test_a_model_that_cannot_be_traced_stays_eager(monkeypatch, caplog):
+    from core.settings import EmbeddingSettings
     from ingest.embedding import Embedder
-    from service.settings import EmbeddingSettings
 
     def refuse(*a, **k):
         raise RuntimeError("not traceable")

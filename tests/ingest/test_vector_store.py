@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.settings import QdrantSettings
 from ingest.store_edge import EdgeChunkStore
 from ingest.store_qdrant import ServerChunkStore
+from ingest.stores import open_chunk_store
 from ingest.vector_store import (
     Chunk,
     ChunkStore,
-    QdrantSettings,
     VectorStoreError,
     chunk_id,
-    open_chunk_store,
 )
 
 DIM = 384

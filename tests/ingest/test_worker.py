@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.registry.db import Registry
-from service.registry.models import Job
+from core.registry.db import Registry
+from core.registry.models import Job
 from tests.ingest.kb import (
     docs_service,
     long_text,
@@ -115,7 +115,7 @@ def test_failed_attempts_back_off_and_give_up_with_the_error(backend, tmp_path):
 CRASHING_WORKER = """
 import sys, time
 from pathlib import Path
-from service.registry.db import Registry
+from core.registry.db import Registry
 from tests.ingest.kb import make_worker, open_store
 registry = Registry(sys.argv[1])
 store = open_store(Path(sys.argv[2]))

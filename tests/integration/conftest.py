@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.engine.model import prepare_model
+from core.base_model import prepare_model
 from tests.conftest import ADMIN_KEY, ROOT
 
 ENGINE_PYTHON = Path(os.environ.get("RAGTUNE_ENGINE__PYTHON", ROOT / ".venv-engine/bin/python"))

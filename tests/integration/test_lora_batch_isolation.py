@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import EngineSettings
+from core.settings import EngineSettings
 from tests.integration.lora_fixtures import SERVED_BASE_MODEL, make_random_lora
 
 pytestmark = pytest.mark.integration

@@ -64,7 +64,7 @@ def test_keys_never_logged(client, caplog):
 
 
 def test_json_log_lines_carry_request_id():
-    from service.observability import JsonFormatter, request_id_var
+    from core.observability import JsonFormatter, request_id_var
 
     token = request_id_var.set("rid-1")
     try:

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.errors import RateLimited
+from core.errors import RateLimited
+from core.registry.db import Registry
 from service.limits import RateLimiter
 from service.policy import Policy
-from service.registry.db import Registry
 from service.tenants import TenantService
 from tests.conftest import ADMIN_KEY, assert_error, new_tenant
 from tests.ingest.kb import TempPostgres, postgres_available

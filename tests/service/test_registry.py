@@ -11,12 +11,12 @@ from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
-from service.documents import DocumentService, Upload
-from service.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound
+from core.registry.db import Registry, normalize_url
+from core.registry.models import ApiKey, Document, DocumentVersion, Tenant
+from core.settings import DocumentLimits
+from ingest.documents import DocumentService, Upload
 from service.policy import Policy
-from service.registry.db import Registry, normalize_url
-from service.registry.models import ApiKey, Document, DocumentVersion, Tenant
-from service.settings import DocumentLimits
 from service.tenants import TenantService
 from tests.conftest import POSTGRES_URL
 from tests.ingest.kb import postgres_available
@@ -54,7 +54,7 @@ def test_migrations_create_schema_and_are_idempotent(registry):
     registry.migrate()  # a second start-up changes nothing
     from alembic.script import ScriptDirectory
 
-    from service.registry.db import MIGRATIONS
+    from core.registry.db import MIGRATIONS
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -220,8 +220,8 @@ def test_a_new_adapter_name_registered_twice_at_once_gets_two_versions(
 ):
     from adapters.service import AdapterService
     from adapters.validation import AdapterInfo
-    from service.registry.models import Adapter
-    from service.settings import Settings
+    from core.registry.models import Adapter
+    from core.settings import Settings
 
     TenantService(registry).create("acme", Policy())
     service = AdapterService(registry, None, Settings(data_dir=tmp_path))

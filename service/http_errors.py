@@ -1,4 +1,6 @@
-"""Business errors carry their HTTP status; one set of handlers renders API.md's error shape."""
+"""How errors reach the client: FastAPI's handlers render every `APIError` (core/errors.py), every
+validation failure and every unhandled exception in API.md's one error shape, and the OpenAPI
+document says so."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from core.errors import APIError, error_body, status_error_body
+
 log = logging.getLogger("ragtune.errors")
 
 
@@ -19,106 +23,6 @@ class ORJSONResponse(Response):
     def render(self, content) -> bytes:
         return orjson.dumps(content)
 
-
-class APIError(Exception):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.code
-        self.param = param
-        self.status = status or self.status
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return error_body(self.message, self.type, self.code, self.param)
-
-
-class InvalidRequest(APIError):
-    pass
-
-
-class Unauthorized(APIError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(APIError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
-
-
-class NotFound(APIError):
-    status = 404
-    type = "not_found_error"
-    code = "not_found"
-
-
-class Conflict(APIError):
-    status = 409
-    code = "conflict"
-
-
-class PayloadTooLarge(APIError):
-    status = 413
-    code = "request_too_large"
-
-
-class RateLimited(APIError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-
-class EngineUnavailable(APIError):
-    status = 503
-    type = "server_error"
-    code = "engine_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 5, **kw) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)}, **kw)
-
-
-class UpstreamError(APIError):
-    status = 502
-    type = "server_error"
-    code = "upstream_error"
-
-
-def error_body(message: str, type_: str, code: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-_STATUS_TYPES = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "forbidden"),
-    404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    415: ("invalid_request_error", "unsupported_media_type"),
-    422: ("invalid_request_error", "unprocessable_entity"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-    431: ("invalid_request_error", "headers_too_large"),
-}
-
-
-def status_error_body(status: int, message: str) -> dict:
-    type_, code = _STATUS_TYPES.get(status, ("server_error", "internal_error"))
-    return error_body(message, type_, code)
 
 
 def _loc_to_param(loc: tuple) -> str | None:

@@ -1,6 +1,6 @@
 from alembic import context
 
-from service.registry.models import Base
+from core.registry.models import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)

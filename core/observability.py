@@ -11,8 +11,8 @@ import sys
 import time
 import uuid
 
-from service.errors import PayloadTooLarge, status_error_body
-from service.metrics import Metrics
+from core.errors import PayloadTooLarge, status_error_body
+from core.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

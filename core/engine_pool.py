@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from service.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
+from core.errors import APIError, EngineUnavailable, InvalidRequest, ModelNotLoaded, UpstreamError
 
 log = logging.getLogger("ragtune.llm")
 
@@ -186,11 +186,6 @@ class EnginePool:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise EngineUnavailable("the LLM engine stopped mid-stream") from exc
             raise EngineUnavailable("the LLM engine closed the stream before it ended")
-
-
-class ModelNotLoaded(UpstreamError):
-    """The replica does not hold the model asked for (an adapter another process unloaded, or a
-    replica that restarted): the caller may load it and try again."""
 
 
 async def _upstream_error(resp: aiohttp.ClientResponse) -> APIError:

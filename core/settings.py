@@ -12,14 +12,54 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.vector_store import QdrantSettings
-
 BASE_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _default_engine_python() -> Path:
     # `make install` puts the engine's environment beside ragtune's own (.venv and .venv-engine).
     return Path(sys.prefix).parent / ".venv-engine" / "bin" / "python"
+
+
+
+class QdrantSettings(BaseModel):
+    """The vector store. `url` unset: Qdrant Edge embedded in the serving process."""
+
+    url: str | None = Field(None, description="Qdrant server URL. Unset: embedded Qdrant Edge.")
+    api_key: SecretStr | None = None
+    collection: str = "ragtune_chunks"
+    path: Path | None = Field(None, description="Embedded store folder. Unset: <data_dir>/qdrant.")
+    timeout_s: float = Field(10.0, description="Server requests.")
+    hnsw_ef: int = Field(128, description="HNSW beam width of a search (recall vs latency).")
+    payload_m: int = Field(16, description="HNSW links per point inside its tenant's graph.")
+    ef_construct: int = 100
+    full_scan_threshold_kb: int = Field(
+        10_000,
+        description=(
+            "A tenant whose vectors take less than this (KB; 384-d float32 is 1.5 KB a chunk, so "
+            "~6.6k chunks) is searched exactly through the tenant index and gets no HNSW graph."
+        ),
+    )
+    acorn: bool = Field(
+        False,
+        description=(
+            "ACORN filtered search (explores neighbours of neighbours). Not needed with per-tenant "
+            "graphs (bench/retrieval.py measures recall without it); costs latency."
+        ),
+    )
+    indexing_threshold_kb: int | None = Field(
+        None,
+        description="Edge: a segment bigger than this (KB) gets its HNSW index. Unset: 10 MB.",
+    )
+    optimize_after_points: int = Field(
+        20_000,
+        description=(
+            "Edge: run the optimizer (index, merge, vacuum) inline once this many points were "
+            "written or deleted since the last run. It holds the GIL while it runs."
+        ),
+    )
+
+    def resolved_path(self, data_dir: Path) -> Path:
+        return self.path or data_dir / "qdrant"
 
 
 class EngineSettings(BaseModel):

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import APIError
+from core.errors import RegistryUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -56,16 +56,6 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(72417001)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-
-
-class RegistryUnavailable(APIError):
-    status = 503
-    type = "server_error"
-    code = "registry_unavailable"
-
-    def __init__(self) -> None:
-        super().__init__("the registry database is unavailable; retry shortly",
-                         headers={"Retry-After": "5"})
 
 
 class Registry:

@@ -19,22 +19,16 @@ from pathlib import Path
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from core.errors import InsufficientStorage, InvalidRequest, NotFound, PayloadTooLarge
+from core.registry.db import Registry
+from core.registry.models import Document, DocumentVersion, Job
+from core.settings import DocumentLimits
 from ingest.readers import content_type_for, read_sections
-from service.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
-from service.registry.db import Registry
-from service.registry.models import Document, DocumentVersion, Job
-from service.settings import DocumentLimits
 
 DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Versions whose points may exist but must not be read (being indexed, or replaced and awaiting
 # deletion); usually none or a few per tenant, so readers exclude them cheaply.
 HIDDEN_STATES = ("queued", "indexing", "superseded")
-
-
-class InsufficientStorage(APIError):
-    status = 507
-    type = "server_error"
-    code = "insufficient_storage"
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.service import AdapterService, ServedAdapter
-from service.context import fit_to_budget
-from service.errors import InvalidRequest
-from service.metrics import Metrics
+from core.errors import InvalidRequest, RetrievalUnavailable
+from core.metrics import Metrics
+from ingest.context import fit_to_budget
+from ingest.retrieval import Retrieval, Retriever, citations
 from service.policy import Policy, RouteDecision, decide_auto, requested_path, round_signal
-from service.rag import Retrieval, RetrievalUnavailable, Retriever, citations
 
 
 @dataclass
@@ -54,7 +54,9 @@ class Signals:
     down: RetrievalUnavailable | None
 
 
-class Router:
+class PathRouter:
+    """Decides each query's path (prompt, rag, adapter_rag) from the tenant's policy and signals."""
+
     def __init__(
         self, retriever: Retriever, adapters: AdapterService | None, metrics: Metrics
     ) -> None:

@@ -6,19 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from core.errors import APIError, RetrievalUnavailable
+from ingest.documents import DocumentService
 from ingest.embedding import Embedder
 from ingest.vector_store import ChunkStore, Hit
-from service.documents import DocumentService
-from service.errors import APIError
-
-
-class RetrievalUnavailable(APIError):
-    status = 503
-    type = "server_error"
-    code = "retrieval_unavailable"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "5"})
 
 
 @dataclass

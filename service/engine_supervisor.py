@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from service.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("ragtune.engine")
 ENGINE_HOST = "127.0.0.1"

@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator, Collection, Iterable
 
 import orjson
 
-from adapters.errors import AdapterError
-from service.errors import EngineUnavailable
-from service.llm.pool import EnginePool, Replica
+from core.engine_pool import EnginePool, Replica
+from core.errors import AdapterError, EngineUnavailable
 
 log = logging.getLogger("ragtune.adapters")
 
