@@ -33,7 +33,7 @@ def worker(data_dir: Path | None = None) -> None:
         )
     registry = Registry(settings.resolved_database_url)
     registry.migrate()
-    embedder = shared_embedder(settings.embedding.model_dump_json())
+    embedder = shared_embedder(settings.embedding)
     store = open_chunk_store(settings.qdrant, settings.data_dir)
     store.ensure_collection(embedder.dim)
     w = IngestWorker(registry, store, ChunkPipeline(embedder, settings.chunking), settings.worker)

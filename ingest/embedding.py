@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from functools import lru_cache
 
 from core.settings import EmbeddingSettings
 
@@ -128,6 +127,15 @@ class Embedder:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
 
-@lru_cache(maxsize=4)
-def shared_embedder(settings_json: str) -> Embedder:
-    return Embedder(EmbeddingSettings.model_validate_json(settings_json))
+_shared: dict[str, Embedder] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(settings: EmbeddingSettings) -> Embedder:
+    """The process's one model for these settings: the worker, the query path and training
+    share it instead of loading the weights again."""
+    key = settings.model_dump_json()
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Embedder(settings)
+        return _shared[key]
