@@ -126,9 +126,16 @@ class WorkerSettings(BaseModel):
     backoff_s: float = 2.0
     poll_s: float = 0.5
     upsert_batch: int = 64
-    # Readers that took the version list just before a switch may still search for the old
-    # version for a moment: its points stay this long after the switch.
-    retire_grace_s: float = 2.0
+    # The same word as adapters.retire_grace_s, for the same idea in the other slice: after a
+    # switch, how long the replaced version stays usable before it is removed.
+    retire_grace_s: float = Field(
+        2.0,
+        description=(
+            "After a document's new version becomes current, the replaced version's points stay "
+            "this long (readers that took the version list just before the switch may still "
+            "search for them), then the worker deletes them."
+        ),
+    )
 
 
 class DocumentLimits(BaseModel):
