@@ -1,4 +1,4 @@
-"""Adapter archives in and out, trusting nothing an upload says about itself.
+"""Adapter archives in, trusting nothing an upload says about itself.
 
 The type is read from the first bytes, never the file name. Every member name is checked before
 anything is written; links, devices and paths that would land outside the destination are
@@ -22,12 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
-from urllib.parse import unquote, urlparse
 
+from adapters.peft_files import CONFIG_NAME, WEIGHTS_NAME
 from core.errors import AdapterError
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 ArchiveKind = Literal["tar.gz", "tar", "zip"]
 
 _CHUNK = 1 << 20
@@ -352,68 +350,3 @@ def _invalid(e: BaseException) -> AdapterError:
         f"the archive is damaged or malformed ({detail}); send a .tar.gz, .tar or .zip "
         "of the adapter folder",
     )
-
-
-def resolve_under_root(uri: str, root: Path) -> Path:
-    """The folder a registration `uri` names, which must lie inside `root` after resolving links.
-
-    Accepts a path relative to the root, an absolute path, or a file:// URI.
-    """
-
-    def err(code: str, message: str) -> AdapterError:
-        return AdapterError(message, code=code, param="uri")
-
-    if "://" in uri:
-        parsed = urlparse(uri)
-        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-            raise err(
-                "unsupported_uri",
-                f"uri scheme {parsed.scheme!r} is not supported; give a path under the server's "
-                "adapter root (or a file:// URI), or upload an archive instead",
-            )
-        path_str = unquote(parsed.path)
-    else:
-        path_str = uri
-    if not path_str or "\x00" in path_str:
-        raise err("unsupported_uri", "uri is empty or holds a NUL character")
-    root_resolved = Path(root).resolve(strict=True)
-    candidate = Path(path_str)
-    if not candidate.is_absolute():
-        candidate = root_resolved / candidate
-    lexical = Path(os.path.normpath(candidate))
-    outside = err(
-        "path_escape",
-        f"uri {uri!r} is not inside the server's adapter root; register folders placed under "
-        "that root, or upload an archive",
-    )
-    # Judge the lexical path first, so that probing paths outside the root reveals nothing.
-    if not lexical.is_relative_to(root_resolved) or lexical == root_resolved:
-        raise outside
-    try:
-        resolved = candidate.resolve(strict=True)
-    except (FileNotFoundError, NotADirectoryError):
-        raise err("uri_not_found", f"uri {uri!r} names nothing under the adapter root") from None
-    if not resolved.is_relative_to(root_resolved) or resolved == root_resolved:
-        raise outside  # a symlink inside the root that points out of it
-    if not resolved.is_dir():
-        raise err(
-            "uri_not_found",
-            f"uri {uri!r} is not a folder; name the folder holding {CONFIG_NAME}",
-        )
-    return resolved
-
-
-def pack_adapter(folder: Path) -> bytes:
-    """A .tar.gz (in memory) of an adapter folder's regular files, paths relative to it."""
-    folder = Path(folder)
-    if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_symlink():
-                raise ValueError(f"{path} is a symbolic link; the server refuses links")
-            if not path.is_file():
-                continue
-            tf.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
-    return buf.getvalue()

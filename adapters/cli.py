@@ -151,7 +151,7 @@ def post_adapter(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Response:
     """POST the folder, packed as a .tar.gz in memory, to /v1/adapters (multipart)."""
-    from adapters.archive import pack_adapter
+    from adapters.pack import pack_adapter
 
     data = pack_adapter(folder)
     with httpx.Client(base_url=url, timeout=timeout, transport=transport) as client:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.archive import CONFIG_NAME, WEIGHTS_NAME
+from adapters.base_layout import base_layout
 from adapters.datacheck import DataReport, Sample, check_training_data, normalise_rows
-from adapters.validation import AdapterInfo, base_layout, validate_adapter
+from adapters.peft_files import CONFIG_NAME, WEIGHTS_NAME
+from adapters.validation import AdapterInfo, validate_adapter
 from ingest.context import CONTEXT_HEADER, with_context
 
 IGNORE_INDEX = -100

@@ -33,7 +33,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.archive import pack_adapter  # noqa: E402
+from adapters.pack import pack_adapter  # noqa: E402
 from bench._common import percentile, served_ragtune, tenant_key  # noqa: E402
 
 PROMPTS = ["Name a fruit.", "Count to three.", "Say hello.", "What colour is the sky?"]

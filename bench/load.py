@@ -30,7 +30,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adapters.archive import pack_adapter  # noqa: E402
+from adapters.pack import pack_adapter  # noqa: E402
 from bench._common import percentile, served_ragtune, tenant_key  # noqa: E402
 
 QUESTIONS = {

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from adapters import archive as archive_mod
-from adapters.archive import pack_adapter, resolve_under_root, safe_unpack
+from adapters.archive import safe_unpack
+from adapters.pack import pack_adapter
+from adapters.staging import resolve_under_root
 from core.errors import ADAPTER_ERROR_CODES, AdapterError
 from tests.adapters import factories as f
 

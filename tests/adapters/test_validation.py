@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.validation import (
-    AdapterInfo,
-    _introspected_layout,
-    base_layout,
-    validate_adapter,
-    validate_archive,
-)
+from adapters.base_layout import _introspected_layout, base_layout
+from adapters.validation import AdapterInfo, validate_adapter, validate_archive
 from core.errors import AdapterError
 from core.settings import BASE_MODEL_NAME
 from tests.adapters import factories as f

@@ -141,7 +141,7 @@ def test_an_adapter_registered_through_one_api_serves_through_the_other(topology
     r = httpx.post(f"{b}/v1/tenants", headers=admin, json={"id": "topo-ad", "policy": {}})
     key = {"Authorization": f"Bearer {r.json()['api_key']}"}
     folder = make_random_lora(tmp_path / "lora", base_model_dir, seed=3, rank=8)
-    from adapters.archive import pack_adapter
+    from adapters.pack import pack_adapter
 
     r = httpx.post(f"{a}/v1/adapters", headers=key, timeout=120,
                    files={"file": ("x.tar.gz", pack_adapter(folder), "application/gzip")},
