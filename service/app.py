@@ -91,7 +91,10 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             metrics=metrics,
             registry=registry,
-            tenants=TenantService(registry),
+            tenants=TenantService(
+                registry, store=store, adapters=adapter_service,
+                data_roots=(docs.uploads_dir, settings.resolved_adapters_root),
+            ),
             pool=pool,
             chat=ChatService(
                 pool, metrics, settings.limits, settings.base_model_name, router, adapter_service,

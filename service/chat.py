@@ -7,10 +7,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.service import AdapterService, ServedAdapter
 from core.engine_pool import EnginePool
@@ -28,6 +27,7 @@ from ingest.context import with_context
 from service.limits import RateLimiter
 from service.path_router import PathRouter, Routed
 from service.policy import Policy, RouteDecision
+from service.protocol import ChatRequest, Message
 from service.tenants import TenantView
 
 # OpenAI sampling fields we pass through to vLLM; anything else in the body is ignored.
@@ -44,51 +44,6 @@ FORWARDED = (
     "response_format",
     "user",
 )
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
-        return self.content or ""
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    messages: list[Message] = Field(min_length=1)
-    model: str | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = 1
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    # Every field passed on to vLLM is typed and bounded here (OpenAI's ranges): what reaches
-    # the engine is what its schema accepts, and a 70-bit seed is a 400, not a crash.
-    stop: str | list[str] | None = Field(None, max_length=16)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = Field(None, max_length=300)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
-    user: str | None = Field(None, max_length=256)
-    route: Literal["prompt", "rag", "adapter_rag"] | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
 
 
 @dataclass
@@ -311,6 +266,34 @@ class ChatService:
         finally:
             self.metrics.observe_chat(path, status, time.perf_counter() - started)
         yield b"data: [DONE]\n\n"
+
+    async def models(self, tenant_id: str, created: int) -> dict:
+        """OpenAI's model list: the base model, then the tenant's ready adapters."""
+        base = self.base_model
+        adapters = []
+        if self.adapters is not None:
+            adapters = (await asyncio.to_thread(self.adapters.list, tenant_id))["data"]
+        return {
+            "object": "list",
+            "data": [
+                {"id": base, "object": "model", "created": created, "owned_by": "ragtune",
+                 "parent": None, "root": base}
+            ]
+            + [
+                {"id": a["name"], "object": "model", "created": created, "owned_by": tenant_id,
+                 "parent": base, "root": base, "version": a["version"]}
+                for a in adapters
+            ],
+        }
+
+    async def explain(self, tenant: TenantView, queries: list[str]) -> dict:
+        """The decision `auto` would take for each query, with its signals, without the LLM."""
+        policy = Policy.model_validate({**tenant.policy.model_dump(), "mode": "auto"})
+        out = []
+        for q in queries:
+            routed = await self.router.route(tenant.id, policy, q, None, None)
+            out.append({"query": q, "route": routed.decision.as_dict()})
+        return {"object": "list", "data": out, "policy": tenant.policy.model_dump()}
 
 
 def _last_user_text(messages: list[Message]) -> str:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core.errors import APIError, error_body, status_error_body
+from service.protocol import ErrorBody
 
 log = logging.getLogger("ragtune.errors")
 
@@ -24,31 +25,16 @@ class ORJSONResponse(Response):
         return orjson.dumps(content)
 
 
-
 def _loc_to_param(loc: tuple) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
 
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": "Every error, whatever raised it (API.md): OpenAI's shape.",
-    "required": ["error"],
-    "additionalProperties": False,
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "additionalProperties": False,
-            "properties": {
-                "message": {"type": "string", "minLength": 1},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": "string", "minLength": 1},
-            },
-        }
-    },
-}
+def _error_schemas() -> dict[str, dict]:
+    """The `Error` component (and the components it refers to), from the protocol's model of
+    the one error shape."""
+    schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "Error": schema}
 
 
 def document_errors(app: FastAPI) -> None:
@@ -64,7 +50,7 @@ def document_errors(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
-        components["Error"] = ERROR_SCHEMA
+        components.update(_error_schemas())
         error = {
             "description": "An error, in the one shape of every error",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

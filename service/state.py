@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -14,7 +15,7 @@ from fastapi import Depends, Request
 
 from adapters.service import AdapterService
 from core.engine_pool import EnginePool
-from core.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, Unauthorized, error_body
 from core.metrics import Metrics
 from core.registry.db import Registry
 from core.settings import Settings
@@ -45,6 +46,35 @@ class State:
     def wake_worker(self) -> None:
         if self.worker is not None:
             self.worker.wake.set()
+
+    async def readiness(self) -> dict:
+        """/readyz's body: each dependency's check and, when one is down, the one error shape's
+        `error` naming what is."""
+        checks = {
+            "llm": "ok" if self.pool.healthy_count else "down",
+            "registry": await _check(self.registry.ping),
+            "vector_store": await _check(self.store.ping),
+        }
+        down = sorted(k for k, v in checks.items() if v != "ok")
+        if not down:
+            return {"status": "ready", "checks": checks}
+        message = f"not ready: {', '.join(down)} down"
+        return {"status": "not ready", "checks": checks,
+                **error_body(message, "server_error", "not_ready")}
+
+    async def render_metrics(self) -> str:
+        """The Prometheus text, with the gauges read at scrape time brought up to date."""
+        self.metrics.engine_replicas_healthy.set(self.pool.healthy_count)
+        self.metrics.set_job_counts(await asyncio.to_thread(self.documents.job_counts))
+        return self.metrics.render()
+
+
+async def _check(ping) -> str:
+    try:
+        await asyncio.to_thread(ping)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"down: {type(exc).__name__}"
+    return "ok"
 
 
 def resolve_admin_key(settings: Settings) -> str:

@@ -7,16 +7,22 @@ would add milliseconds to every request and protect nothing more).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import secrets
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from adapters.service import AdapterService
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.registry.db import Registry
 from core.registry.models import ApiKey, Tenant, utcnow
@@ -56,8 +62,20 @@ def validate_tenant_id(tenant_id: str) -> str:
 
 
 class TenantService:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        store: Any = None,
+        data_roots: Sequence[Path] = (),
+        adapters: AdapterService | None = None,
+    ) -> None:
+        """`store`, `data_roots` (the folders holding a folder per tenant: uploads, adapters)
+        and `adapters` are what `remove` clears beside the registry's rows."""
         self.registry = registry
+        self.store = store  # ingest.vector_store.ChunkStore
+        self.data_roots = tuple(data_roots)
+        self.adapters = adapters
 
     def create(self, tenant_id: str, policy: Policy) -> tuple[TenantView, str]:
         validate_tenant_id(tenant_id)
@@ -120,6 +138,21 @@ class TenantService:
             if row is None:
                 raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
             s.delete(row)
+
+    async def remove(self, tenant_id: str) -> None:
+        """The tenant and everything it owns: the rows first (its keys stop working at once, its
+        ids are 404), then what the rows pointed to, so that a tenant created later with the same
+        id inherits nothing."""
+        await asyncio.to_thread(self.delete, tenant_id)
+        await asyncio.to_thread(self._purge_data, tenant_id)
+        if self.adapters is not None:
+            await self.adapters.reconcile()  # its adapters leave the engines
+
+    def _purge_data(self, tenant_id: str) -> None:
+        if self.store is not None:
+            self.store.delete_tenant(tenant_id)
+        for root in self.data_roots:
+            shutil.rmtree(root / tenant_id, ignore_errors=True)
 
     def authenticate(self, key: str) -> TenantView | None:
         """The tenant a key acts as, or None for a malformed, unknown or revoked key."""

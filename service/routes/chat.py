@@ -1,20 +1,21 @@
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from starlette.responses import StreamingResponse
 
-from service.chat import ChatRequest
 from service.http_errors import ORJSONResponse
+from service.protocol import ChatCompletion, ChatRequest, ModelList
 from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
 router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONRoute)
 
 
+# The model documents the non-streamed body; the route answers with its own Response (orjson,
+# the engine's body as it came) and FastAPI does not serialize through the model.
 @router.post(
     "/chat/completions",
+    response_model=ChatCompletion,
     responses={200: {"description": "A `chat.completion`, or with `stream` its SSE chunks",
                      "content": {"application/json": {}, "text/event-stream": {}}}},
 )
@@ -41,32 +42,7 @@ async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppS
     return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
 
-@router.get("/models")
+# exclude_unset: `version` is on adapter entries only; the base model's entry has none.
+@router.get("/models", response_model=ModelList, response_model_exclude_unset=True)
 async def list_models(tenant: CurrentTenant, state: AppState) -> dict:
-    base = state.settings.base_model_name
-    created = int(state.started_at)
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": base,
-                "object": "model",
-                "created": created,
-                "owned_by": "ragtune",
-                "parent": None,
-                "root": base,
-            }
-        ]
-        + [
-            {
-                "id": a["name"],
-                "object": "model",
-                "created": created,
-                "owned_by": tenant.id,
-                "parent": base,
-                "root": base,
-                "version": a["version"],
-            }
-            for a in (await asyncio.to_thread(state.adapters.list, tenant.id))["data"]
-        ],
-    }
+    return await state.chat.models(tenant.id, int(state.started_at))
