@@ -9,7 +9,6 @@ index ends with exactly the document's chunks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -17,17 +16,16 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 
 from core.registry.db import Registry
-from core.registry.models import Document, DocumentVersion, Job, utcnow
+from core.registry.models import DocumentVersion, Job, utcnow
 from core.settings import WorkerSettings
-from ingest.documents import DocumentService
 from ingest.pipeline import ChunkPipeline
-from ingest.readers import Section
+from ingest.stored_files import load_sections
 from ingest.vector_store import ChunkStore
+from ingest.versions import CURRENT, PENDING_STATES, DocumentVersions, VersionKey
 
 log = logging.getLogger("ragtune.worker")
 
@@ -60,7 +58,7 @@ class IngestWorker:
         self.settings = settings
         self.metrics = metrics
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.documents = DocumentService(registry, uploads_dir=None, limits=None)
+        self.versions = DocumentVersions(registry)
         # Test hook: called after each upserted batch (crash-safety tests kill the process there).
         self.after_batch = None
         self.stop = threading.Event()
@@ -153,50 +151,32 @@ class IngestWorker:
                 values.update(state="queued", run_after=utcnow() + timedelta(seconds=delay))
             s.execute(update(Job).where(Job.id == job.id).values(**values))
         if final:
-            for v in self._versions(job.id):
-                if v.state in ("queued", "indexing"):
-                    self.store.delete_version(v.tenant_id, v.document_id, v.version)
-                    self._set_version(v, state="failed", error=message)
+            for v in self.versions.of_job(job.id):
+                if v.state in PENDING_STATES:
+                    self.versions.fail(self.store, v, message)
             if self.metrics:
                 self.metrics.observe_job("failed", 0.0, 0)
 
     # ---- indexing -----------------------------------------------------------------------
-    def _versions(self, job_id: str) -> list[DocumentVersion]:
-        with self.registry.session() as s:
-            return list(
-                s.scalars(select(DocumentVersion).where(DocumentVersion.job_id == job_id)).all()
-            )
-
-    def _set_version(self, v: DocumentVersion, **values) -> None:
-        with self.registry.session() as s:
-            s.execute(
-                update(DocumentVersion)
-                .where(DocumentVersion.tenant_id == v.tenant_id,
-                       DocumentVersion.document_id == v.document_id,
-                       DocumentVersion.version == v.version)
-                .values(**values)
-            )
-
     def _process(self, job: Claimed) -> int:
         total = 0
-        replaced: list[tuple[str, str, int]] = []  # (tenant, document, version) to retire
-        for v in self._versions(job.id):
-            if v.state not in ("queued", "indexing"):
+        replaced: list[VersionKey] = []  # to retire
+        for v in self.versions.of_job(job.id):
+            if v.state not in PENDING_STATES:
                 total += v.chunks or 0  # done by an earlier attempt
                 continue
-            self._set_version(v, state="indexing")
+            self.versions.start_indexing(v)
             total += self._index_version(job, v, replaced)
         if replaced:
             # Readers that took the version list just before a switch may still search for the
             # old version for a moment: one grace period for all of this job's replacements.
             time.sleep(self.settings.retire_grace_s)
             for key in replaced:
-                self._retire(key)
+                self.versions.retire(self.store, key)
         return total
 
     def _index_version(self, job: Claimed, v: DocumentVersion, replaced: list) -> int:
-        raw = json.loads(Path(v.stored_path).read_text(encoding="utf-8"))
-        sections = [Section(r["text"], r.get("meta", {})) for r in raw]
+        sections = load_sections(v.stored_path)
         # A crashed attempt may have written part of this version: start clean.
         self.store.delete_version(v.tenant_id, v.document_id, v.version)
         chunks = self.pipeline.run(
@@ -219,77 +199,28 @@ class IngestWorker:
         self._switch(v, len(chunks), replaced)
         return len(chunks)
 
-    def _switch(self, v: DocumentVersion, chunks: int, replaced: list) -> None:
-        """Make `v` the version readers see, in one transaction. The version it replaces goes
-        on `replaced` (retired after the grace period); a version that lost (deleted or
-        overtaken meanwhile) is removed at once, as no reader ever saw it."""
-        with self.registry.session(lock=True) as s:
-            doc = s.get(Document, (v.tenant_id, v.document_id), with_for_update=True)
-            gone = doc is None or doc.state != "live"
-            newer = doc is not None and (doc.current_version or 0) > v.version
-            old = None
-            if gone or newer:
-                state = "superseded" if newer and not gone else "failed"
-            else:
-                state = "current"
-                old = doc.current_version
-                doc.current_version = v.version
-                doc.updated_at = utcnow()
-                if old is not None:
-                    s.execute(
-                        update(DocumentVersion)
-                        .where(DocumentVersion.tenant_id == v.tenant_id,
-                               DocumentVersion.document_id == v.document_id,
-                               DocumentVersion.version == old)
-                        .values(state="superseded")
-                    )
-            s.execute(
-                update(DocumentVersion)
-                .where(DocumentVersion.tenant_id == v.tenant_id,
-                       DocumentVersion.document_id == v.document_id,
-                       DocumentVersion.version == v.version)
-                .values(state=state, chunks=chunks,
-                        error=None if state != "failed" else "document deleted while indexing")
-            )
-        if state != "current":
-            self._retire((v.tenant_id, v.document_id, v.version))
+    def _switch(self, v: DocumentVersion, chunks: int, replaced: list[VersionKey]) -> None:
+        """Make `v` the version readers see. The version it replaces goes on `replaced`
+        (retired after the grace period); a version that lost (deleted or overtaken meanwhile)
+        is removed at once, as no reader ever saw it."""
+        state, old = self.versions.switch(v, chunks)
+        if state != CURRENT:
+            self.versions.retire(self.store, (v.tenant_id, v.document_id, v.version))
         elif old is not None:
             replaced.append((v.tenant_id, v.document_id, old))
 
-    def _retire(self, key: tuple[str, str, int]) -> None:
-        tenant_id, document_id, version = key
-        self.store.delete_version(tenant_id, document_id, version)
-        with self.registry.session() as s:
-            s.execute(
-                update(DocumentVersion)
-                .where(DocumentVersion.tenant_id == tenant_id,
-                       DocumentVersion.document_id == document_id,
-                       DocumentVersion.version == version,
-                       DocumentVersion.state == "superseded")
-                .values(state="retired")
-            )
-
     def sweep_deletions(self) -> None:
-        for tenant_id, document_id, versions in self.documents.deleting_documents():
+        for tenant_id, document_id, versions in self.versions.deleting():
             try:
-                self.documents.finish_delete(self.store, tenant_id, document_id, versions)
+                self.versions.finish_delete(self.store, tenant_id, document_id, versions)
             except Exception:  # noqa: BLE001 - retried at the next sweep
                 log.exception("deleting %s/%s failed; will retry", tenant_id, document_id)
-        # Replaced versions a worker died before retiring (their grace is long over).
         cutoff = utcnow() - timedelta(seconds=max(self.settings.retire_grace_s, 1.0) * 2)
-        with self.registry.session() as s:
-            stale = s.execute(
-                select(DocumentVersion.tenant_id, DocumentVersion.document_id,
-                       DocumentVersion.version)
-                .join(Document, and_(Document.tenant_id == DocumentVersion.tenant_id,
-                                     Document.id == DocumentVersion.document_id))
-                .where(DocumentVersion.state == "superseded", Document.updated_at < cutoff)
-            ).all()
-        for row in stale:
+        for key in self.versions.superseded_before(cutoff):
             try:
-                self._retire(tuple(row))
+                self.versions.retire(self.store, key)
             except Exception:  # noqa: BLE001 - retried at the next sweep
-                log.exception("retiring %s failed; will retry", tuple(row))
+                log.exception("retiring %s failed; will retry", key)
 
     # ---- loops --------------------------------------------------------------------------
     def run_forever(self, stop: threading.Event | None = None) -> None:

@@ -12,7 +12,6 @@ the model cannot predict: knowledge or behaviour no public model learned.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from adapters.datacheck import check_training_data, parse_jsonl
 from core.engine_pool import EnginePool
 from core.errors import InvalidRequest
 from ingest.documents import DocumentService
+from ingest.stored_files import load_sections
 
 REFERENCE = Path(__file__).parent / "data" / "reference.txt"
 LEAD_IN = "Here is an excerpt from a document:\n\n"
@@ -83,8 +83,8 @@ class Advisor:
     def _document_samples(self, tenant_id: str) -> list[str]:
         samples = []
         for path in self.documents.current_section_files(tenant_id):
-            for section in json.loads(Path(path).read_text(encoding="utf-8")):
-                for para in section["text"].split("\n\n"):
+            for section in load_sections(path):
+                for para in section.text.split("\n\n"):
                     if len(para.strip()) >= 20:  # not a heading
                         samples.append(para.strip())
                 if len(samples) >= self.max_samples:

@@ -8,7 +8,14 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from core.errors import InvalidRequest, PayloadTooLarge
-from ingest.documents import Upload
+from ingest.uploads import Upload
+from service.protocol import (
+    UPLOAD_DOCUMENTS_BODY,
+    DocumentDetail,
+    DocumentList,
+    JobInfo,
+    UploadAccepted,
+)
 from service.routes import JSONRoute
 from service.state import AppState, CurrentTenant
 
@@ -60,27 +67,8 @@ async def _read_upload(request: Request, state) -> tuple[list[Upload], str | Non
     return files, document_id, metadata
 
 
-UPLOAD_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                             "description": "txt, md, html, pdf, json or jsonl files"},
-                    "document_id": {"type": "string",
-                                    "description": "Default: derived from the file name"},
-                    "metadata": {"type": "string", "description": "A JSON object"},
-                },
-            }
-        }
-    },
-}
-
-
-@router.post("/documents", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
+@router.post("/documents", status_code=202, response_model=UploadAccepted,
+             openapi_extra={"requestBody": UPLOAD_DOCUMENTS_BODY})
 async def upload_documents(request: Request, tenant: CurrentTenant, state: AppState) -> dict:
     files, document_id, metadata = await _read_upload(request, state)
     out = await asyncio.to_thread(state.documents.upload, tenant.id, files, document_id, metadata)
@@ -88,12 +76,12 @@ async def upload_documents(request: Request, tenant: CurrentTenant, state: AppSt
     return out
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobInfo)
 async def get_job(job_id: str, tenant: CurrentTenant, state: AppState) -> dict:
     return await asyncio.to_thread(state.documents.get_job, tenant.id, job_id)
 
 
-@router.get("/documents")
+@router.get("/documents", response_model=DocumentList)
 async def list_documents(
     tenant: CurrentTenant, state: AppState, limit: int = 100, after: str | None = None
 ) -> dict:
@@ -101,20 +89,13 @@ async def list_documents(
     return await asyncio.to_thread(state.documents.list_documents, tenant.id, limit, after)
 
 
-@router.get("/documents/{document_id}")
+@router.get("/documents/{document_id}", response_model=DocumentDetail)
 async def get_document(document_id: str, tenant: CurrentTenant, state: AppState) -> dict:
     return await asyncio.to_thread(state.documents.get_document, tenant.id, document_id)
 
 
 @router.delete("/documents/{document_id}", status_code=204)
 async def delete_document(document_id: str, tenant: CurrentTenant, state: AppState) -> Response:
-    # Hidden from readers at once; then its points and rows go. If the store fails now, the
-    # worker's sweep finishes the deletion (the document stays hidden meanwhile).
-    versions = await asyncio.to_thread(state.documents.mark_deleting, tenant.id, document_id)
-    try:
-        await asyncio.to_thread(
-            state.documents.finish_delete, state.store, tenant.id, document_id, versions
-        )
-    except Exception:  # noqa: BLE001
-        state.wake_worker()
+    if not await asyncio.to_thread(state.documents.delete, state.store, tenant.id, document_id):
+        state.wake_worker()  # its sweep finishes what the store or registry refused just now
     return Response(status_code=204)
