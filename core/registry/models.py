@@ -68,7 +68,8 @@ class Document(Base):
 
 
 class DocumentVersion(Base):
-    """One upload of a document. state: queued | indexing | current | superseded | failed."""
+    """One upload of a document. Its states and the transitions between them belong to
+    ingest/versions.py (DocumentVersions), the one code that writes these rows."""
 
     __tablename__ = "document_versions"
     __table_args__ = (
