@@ -1,35 +1,37 @@
-"""What the bench scripts share: start `ragtune serve` in a subprocess (it spawns and supervises
-vLLM), wait for /readyz, get a tenant key, stop everything on the way out; and small statistics.
+"""What the bench scripts share: `ragtune serve` in a subprocess (it spawns and supervises vLLM),
+started, waited for at /readyz and stopped by tests/helpers/server.py, the one starter tests use
+too; a tenant key; and small statistics.
 
-Setup and teardown are synchronous (urllib) on purpose: they run outside the measured event loop.
+Setup and teardown are synchronous on purpose: they run outside the measured event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python bench/x.py`: tests/ sits at the repository root
+    sys.path.insert(0, str(REPO))
+
+from tests.helpers.server import NotReady, RagtuneServer, serving  # noqa: E402
+
+__all__ = [
+    "BASE_MODEL", "NotReady", "RagtuneServer", "http_json", "model_preparation_note", "percentile",
+    "served_ragtune", "tenant_key",
+]
+
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written by core.base_model.prepare_model once a base model folder is complete.
 PREPARED_MARKER = "ragtune-prepared.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+say = functools.partial(print, flush=True)
 
 
 def http_json(
@@ -84,155 +86,18 @@ def model_preparation_note(model_dir: Path) -> str | None:
     )
 
 
-def _ragtune_command() -> list[str]:
-    # Not resolved: the venv's python is a symlink, and `ragtune` sits beside the link.
-    exe = Path(sys.executable).with_name("ragtune")
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-m", "service.cli"]
-
-
-class RagtuneProcess:
-    """`ragtune serve` in its own session, so a Ctrl-C in the terminal reaches only the bench,
-    which then stops ragtune with SIGTERM (ragtune stops its vLLM child)."""
-
-    def __init__(
-        self,
-        *,
-        data_dir: Path,
-        admin_key: str,
-        port: int,
-        engine_port: int,
-        model_dir: Path | None = None,
-        engine_python: str | None = None,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.extra_env = extra_env or {}
-        self.admin_key = admin_key
-        self.port = port
-        self.engine_port = engine_port
-        self.model_dir = model_dir
-        self.engine_python = engine_python
-        self.url = f"http://127.0.0.1:{port}"
-        self.engine_url = f"http://127.0.0.1:{engine_port}"
-        self.log_path = data_dir / "ragtune.log"
-        self.engine_log_path = data_dir / "logs" / "engine.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def resolved_model_dir(self) -> Path:
-        return self.model_dir or self.data_dir / "models" / "base"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["RAGTUNE_ADMIN_KEY"] = self.admin_key
-        env["RAGTUNE_ENGINE__PORT"] = str(self.engine_port)
-        # Spawn our own engine even if the environment or a .env names external replicas.
-        env["RAGTUNE_ENGINE__URLS"] = "[]"
-        if self.model_dir is not None:
-            env["RAGTUNE_MODEL_DIR"] = str(self.model_dir)
-        if self.engine_python:
-            env["RAGTUNE_ENGINE__PYTHON"] = self.engine_python
-        env.update(self.extra_env)
-        return env
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [*_ragtune_command(), "serve", "--port", str(self.port)]
-        cmd += ["--data-dir", str(self.data_dir)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=self.env(),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout_s: float, progress=print) -> float:
-        """Seconds until GET /readyz answered 200; raises if ragtune exits or the time runs out."""
-        started = time.monotonic()
-        next_note = started + 30
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise RuntimeError(f"ragtune serve exited with code {code} while starting")
-            with contextlib.suppress(OSError):
-                status, _ = http_json("GET", f"{self.url}/readyz", timeout=2)
-                if status == 200:
-                    return time.monotonic() - started
-            now = time.monotonic()
-            if now - started > timeout_s:
-                raise RuntimeError(f"ragtune was not ready after {timeout_s:.0f}s")
-            if now >= next_note:
-                progress(f"  ... still starting ({now - started:.0f}s)")
-                next_note = now + 30
-            time.sleep(0.5)
-
-    def stop(self, grace_s: float = 45.0) -> str:
-        """SIGTERM, then SIGKILL after `grace_s`; returns what happened, for the log."""
-        if self.proc is None:
-            return "ragtune was not started"
-        if self.proc.poll() is not None:
-            outcome = f"ragtune had already exited (code {self.proc.returncode})"
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-                outcome = f"ragtune stopped (exit {self.proc.returncode})"
-            except subprocess.TimeoutExpired:
-                # Its vLLM child gets SIGTERM from the kernel when ragtune dies (PDEATHSIG).
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                outcome = f"ragtune did not stop in {grace_s:.0f}s and was killed"
-        if not _port_closes(self.engine_port, 20.0):
-            outcome += f"; WARNING: something still listens on engine port {self.engine_port}"
-        return outcome
-
-    def log_tails(self, lines: int = 25) -> str:
-        out = []
-        for path in (self.log_path, self.engine_log_path):
-            if path.is_file():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- last lines of {path} ---\n" + "\n".join(tail))
-        return "\n".join(out)
-
-
 @contextlib.contextmanager
 def served_ragtune(
     tmp: Path, model_dir: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[RagtuneProcess]:
+) -> Iterator[RagtuneServer]:
     """`ragtune serve` (which spawns vLLM) in `tmp/data` on free ports for one with-block:
     started, waited for, and stopped on the way out; its logs are printed if the block fails."""
-    proc = RagtuneProcess(
-        data_dir=tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12), port=free_port(),
-        engine_port=free_port(), model_dir=Path(model_dir).resolve(), extra_env=extra_env,
+    server = RagtuneServer(
+        tmp / "data", admin_key="bench-" + secrets.token_urlsafe(12),
+        model_dir=Path(model_dir).resolve(), env=extra_env, new_session=True,
     )
-    try:
-        proc.start()
-        print(f"ragtune ready after {proc.wait_ready(900):.0f}s", flush=True)
-        yield proc
-    except BaseException:
-        print(proc.log_tails(), file=sys.stderr)
-        raise
-    finally:
-        print(proc.stop(), flush=True)
-
-
-def _port_closes(port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return True
-        time.sleep(0.5)
-    return False
+    with serving(server, ready_timeout_s=900, say=say):
+        yield server
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -44,7 +44,7 @@ def make_adapters(n: int, rank: int, base_model_dir: Path, out: Path) -> list[Pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from tests.integration.lora_fixtures import make_random_lora
+    from tests.helpers.random_lora import make_random_lora
 
     first = make_random_lora(out / "a0", base_model_dir, seed=0, rank=rank, scale=0.5)
     tensors = load_file(first / "adapter_model.safetensors")

@@ -50,7 +50,7 @@ def rss_mib(pid: int) -> float:
 
 
 async def setup(s: aiohttp.ClientSession, url: str, admin: str, tmp: Path, model_dir: Path):
-    from tests.integration.lora_fixtures import make_random_lora
+    from tests.helpers.random_lora import make_random_lora
 
     # First: making it takes seconds, and an idle keep-alive connection may be closed meanwhile.
     lora = make_random_lora(tmp / "lora", model_dir, seed=1, rank=8, scale=0.3)

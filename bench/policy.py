@@ -59,7 +59,7 @@ def upload(c: httpx.Client, key: str, folder: Path) -> None:
 
 
 def setup(c: httpx.Client, admin: str, tmp: Path, model_dir: Path) -> dict[str, str]:
-    from tests.integration.lora_fixtures import make_random_lora
+    from tests.helpers.random_lora import make_random_lora
 
     keys = {}
     for t in SETS:

@@ -35,10 +35,11 @@ from pathlib import Path
 import aiohttp
 from _common import (
     BASE_MODEL,
-    RagtuneProcess,
-    free_port,
+    NotReady,
+    RagtuneServer,
     model_preparation_note,
     percentile,
+    say,
     tenant_key,
 )
 
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped to a file too
     signal.signal(signal.SIGTERM, _interrupt)
-    proc: RagtuneProcess | None = None
+    proc: RagtuneServer | None = None
     tmp_dir: Path | None = None
     keep_logs = False
     try:
@@ -491,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.data_dir is None:
                 tmp_dir = Path(tempfile.mkdtemp(prefix="ragtune-bench-"))
-            proc = RagtuneProcess(
-                data_dir=args.data_dir or tmp_dir,
+            proc = RagtuneServer(
+                args.data_dir or tmp_dir,
                 admin_key="bench-admin-" + secrets.token_urlsafe(16),
-                port=args.port or free_port(),
-                engine_port=args.engine_port or free_port(),
+                port=args.port,
+                engine_port=args.engine_port,
                 model_dir=args.model_dir,
                 engine_python=args.engine_python,
+                new_session=True,
             )
             note = model_preparation_note(proc.resolved_model_dir)
             if note:
@@ -505,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting ragtune serve on {proc.url} (vLLM on {proc.engine_url}), "
                   f"data dir {proc.data_dir}", flush=True)
             proc.start()
-            took = proc.wait_ready(args.startup_timeout)
+            took = proc.wait_ready(args.startup_timeout, progress=say)
             print(f"ragtune ready after {took:.0f}s", flush=True)
             ragtune_url, engine_url = proc.url, proc.engine_url
             key = tenant_key(ragtune_url, proc.admin_key, args.tenant, PROMPT_POLICY)
@@ -526,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         keep_logs = True
-        if proc is not None:
-            print(proc.log_tails(), file=sys.stderr)
+        if proc is not None and not isinstance(exc, NotReady):  # NotReady holds the logs
+            print(proc.log_tail(), file=sys.stderr)
         return 1
     finally:
         if proc is not None:

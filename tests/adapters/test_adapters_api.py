@@ -14,9 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.adapters import factories as f
-from tests.conftest import assert_error, make_settings, new_tenant
-from tests.fake_engine import FakeEngine
+from tests.helpers import adapter_files as f
+from tests.helpers.api import chat
+from tests.helpers.app import assert_error, make_settings, new_tenant
+from tests.helpers.fake_engine import FakeEngine
 
 MAX_BYTES = 16 << 20  # the server's cap in the bad-adapter table (a rank-8 adapter is ~10 MB)
 EXAMPLES = ["Write a pick rule for zone heron", "Translate this into WARELANG"]
@@ -60,13 +61,6 @@ def register(client, headers, data: bytes, name="warelang", **fields):
         files={"file": ("adapter.tar.gz", data, "application/gzip")},
         data={"name": name, "description": "WARELANG rules", "examples": json.dumps(EXAMPLES),
               **fields},
-    )
-
-
-def chat(client, headers, content="hello", **extra):
-    return client.post(
-        "/v1/chat/completions", headers=headers,
-        json={"messages": [{"role": "user", "content": content}], **extra},
     )
 
 

@@ -15,7 +15,7 @@ from adapters.archive import safe_unpack
 from adapters.pack import pack_adapter
 from adapters.staging import resolve_under_root
 from core.errors import ADAPTER_ERROR_CODES, AdapterError
-from tests.adapters import factories as f
+from tests.helpers import adapter_files as f
 
 MAX_BYTES = 1 << 20
 MAX_FILES = 10

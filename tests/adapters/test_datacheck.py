@@ -144,7 +144,7 @@ def test_empty_prompt_or_answer_fails() -> None:
 def test_overlong_counts_tokens_with_a_tokenizer() -> None:
     from transformers import AutoTokenizer
 
-    from tests.adapters.factories import base_model_dir
+    from tests.helpers.adapter_files import base_model_dir
 
     tok = AutoTokenizer.from_pretrained(base_model_dir())
     long = {"prompt": "zone " * 300, "completion": "RULE long;"}

@@ -26,7 +26,7 @@ from adapters.train import (
 from adapters.validation import validate_adapter
 from core.settings import BASE_MODEL_NAME, ChunkingSettings
 from ingest.context import CONTEXT_HEADER, format_context, with_context
-from tests.adapters.factories import base_model_dir
+from tests.helpers.adapter_files import base_model_dir
 
 
 def secret_codes(n: int) -> list[dict]:

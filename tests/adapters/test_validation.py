@@ -11,7 +11,7 @@ from adapters.base_layout import _introspected_layout, base_layout
 from adapters.validation import AdapterInfo, validate_adapter, validate_archive
 from core.errors import AdapterError
 from core.settings import BASE_MODEL_NAME
-from tests.adapters import factories as f
+from tests.helpers import adapter_files as f
 
 MAX_RANK = 64
 

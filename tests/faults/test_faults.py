@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from service.app import create_app
-from tests.conftest import assert_error, make_settings, new_tenant
-from tests.ingest.kb import TempPostgres, make_worker, postgres_available
+from tests.helpers.app import assert_error, make_settings, new_tenant
+from tests.helpers.knowledge_base import make_worker
+from tests.helpers.postgres import TempPostgres, postgres_available
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 

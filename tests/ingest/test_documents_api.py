@@ -3,11 +3,10 @@ path's retrieval and citations (the fake engine shows what context reached the m
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from tests.conftest import assert_error, make_settings, new_tenant
+from tests.helpers.api import ask, indexed, upload, wait_job
+from tests.helpers.app import assert_error, make_settings, new_tenant
 
 REFUND = (
     "Refund policy of Zephyr Outdoor Gear. Customers may return unused items within 45 days "
@@ -17,42 +16,6 @@ REFUND_V2 = (
     "Refund policy of Zephyr Outdoor Gear, revised. Returns are accepted within 14 days of "
     "delivery only, and a restocking fee of 9 percent applies to every return."
 )
-
-
-def upload(client, headers, name, content, **data):
-    return client.post(
-        "/v1/documents", headers=headers, files={"file": (name, content)}, data=data
-    )
-
-
-def wait_job(client, headers, job_id, timeout=60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if body["state"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not end: {body}")
-
-
-def ask(client, headers, question, **extra):
-    r = client.post(
-        "/v1/chat/completions",
-        headers=headers,
-        json={"messages": [{"role": "user", "content": question}], **extra},
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def indexed(client, headers, name, content, **data) -> dict:
-    r = upload(client, headers, name, content, **data)
-    assert r.status_code == 202, r.text
-    body = r.json()
-    assert body["documents"][0]["status"] == "queued"
-    job = wait_job(client, headers, body["job_id"])
-    assert job["state"] == "succeeded", job
-    return job
 
 
 def test_upload_index_and_answer_with_citations(client, tenant, fake_engine):

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import torch
 
-from tests.ingest.kb import embedder
+from tests.helpers.knowledge_base import embedder
 
 QUERIES = [
     "Write a Skerry rule that moves pallets from dock 3 to bay 7.",

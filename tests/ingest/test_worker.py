@@ -15,16 +15,15 @@ from sqlalchemy import select
 
 from core.registry.db import Registry
 from core.registry.models import Job
-from tests.ingest.kb import (
+from tests.helpers.knowledge_base import (
     docs_service,
     long_text,
     make_worker,
     open_store,
-    postgres_available,
-    registry_url,
     setup_tenant,
     upload_text,
 )
+from tests.helpers.postgres import postgres_available, registry_url
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -116,7 +115,7 @@ CRASHING_WORKER = """
 import sys, time
 from pathlib import Path
 from core.registry.db import Registry
-from tests.ingest.kb import make_worker, open_store
+from tests.helpers.knowledge_base import make_worker, open_store
 registry = Registry(sys.argv[1])
 store = open_store(Path(sys.argv[2]))
 marker, step = Path(sys.argv[3]), sys.argv[4]

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import RAGTUNE_BIN
+from tests.helpers.server import ragtune_command
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def trained(server, base_model_dir, tmp_path_factory) -> dict[str, Path]:
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out[tag] = root / tag
         subprocess.run(
-            [str(RAGTUNE_BIN), "adapters", "train", "--data", str(data), "--out", str(out[tag]),
+            [*ragtune_command(), "adapters", "train", "--data", str(data), "--out", str(out[tag]),
              *TRAIN_ARGS],
             env=_env(server, base_model_dir), check=True, timeout=900,
             stdout=subprocess.DEVNULL,
@@ -55,7 +55,7 @@ def trained(server, base_model_dir, tmp_path_factory) -> dict[str, Path]:
 
 def register_cli(server, base_model_dir, key: str, folder: Path, name: str) -> dict:
     done = subprocess.run(
-        [str(RAGTUNE_BIN), "adapters", "register", str(folder), "--name", name,
+        [*ragtune_command(), "adapters", "register", str(folder), "--name", name,
          "--description", "item codes", "--examples", json.dumps([QUESTION]), "--key", key],
         env=_env(server, base_model_dir), capture_output=True, text=True, timeout=300,
     )

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.app import ROOT
 
 pytestmark = pytest.mark.integration
 

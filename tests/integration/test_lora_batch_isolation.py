@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from core.settings import EngineSettings
-from tests.integration.lora_fixtures import SERVED_BASE_MODEL, make_random_lora
+from tests.helpers.random_lora import SERVED_BASE_MODEL, make_random_lora
 
 pytestmark = pytest.mark.integration
 

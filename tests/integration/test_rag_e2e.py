@@ -5,14 +5,14 @@ through the official openai client."""
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import RAGTUNE_BIN
+from tests.helpers.api import wait_job
+from tests.helpers.server import ragtune_command
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +39,6 @@ class KnowledgeBase:
     job: dict
 
 
-def wait_for_job(url: str, headers: dict[str, str], job_id: str) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        r = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers)
-        assert r.status_code == 200, r.text
-        job = r.json()
-        if job["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def kb(server) -> KnowledgeBase:
     key = server.new_tenant("rag-e2e", {"mode": "rag"})
@@ -63,7 +52,8 @@ def kb(server) -> KnowledgeBase:
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["documents"] == [{"document_id": DOCUMENT_ID, "version": 1, "status": "queued"}]
-    job = wait_for_job(server.url, headers, body["job_id"])
+    with httpx.Client(base_url=server.url) as http:
+        job = wait_job(http, headers, body["job_id"], timeout=JOB_TIMEOUT_S)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
     return KnowledgeBase(client, headers, job)
 
@@ -146,7 +136,7 @@ def test_ragtune_ingest_uploads_a_folder(server, tmp_path):
 
     def ingest(tenant: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(RAGTUNE_BIN), "ingest", str(folder), "--tenant", tenant,
+            [*ragtune_command(), "ingest", str(folder), "--tenant", tenant,
              "--url", server.url, "--key", key],
             capture_output=True, text=True, timeout=300,
         )

@@ -11,51 +11,18 @@ checked; with `RAGTUNE_TEST_QDRANT_URL` set, every process uses that server and 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY
-from tests.ingest.kb import TempPostgres, postgres_available
-from tests.integration.conftest import RAGTUNE_BIN, free_port
-from tests.integration.lora_fixtures import make_random_lora
+from tests.helpers.app import ADMIN_KEY
+from tests.helpers.postgres import TempPostgres, postgres_available
+from tests.helpers.random_lora import make_random_lora
+from tests.helpers.server import RagtuneProcess, RagtuneServer
 
 pytestmark = pytest.mark.integration
 QDRANT_URL = os.environ.get("RAGTUNE_TEST_QDRANT_URL")
-
-
-class Proc:
-    def __init__(self, args: list[str], env: dict, log: Path) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([str(RAGTUNE_BIN), *args], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, probe, what: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{what} exited:\n{self.text()[-3000:]}"
-            try:
-                if probe():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"{what} not up:\n{self.text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -73,27 +40,28 @@ def topology(server, base_model_dir, tmp_path_factory):
     }
     if QDRANT_URL:
         env["RAGTUNE_QDRANT__URL"] = QDRANT_URL
-    procs: list[Proc] = []
+    apis = [
+        RagtuneServer(tmp / name, admin_key=ADMIN_KEY, engine_urls=[server.engine_url],
+                      model_dir=base_model_dir, env=env, log_path=tmp / f"{name}.log")
+        for name in ("api-a", "api-b")
+    ]
+    workers = [
+        RagtuneProcess(["worker", "--data-dir", str(tmp / name)], env=env,
+                       log_path=tmp / f"{name}.log")
+        for name in ("worker-1", "worker-2")
+    ]
     try:
-        apis = []
-        for name in ("api-a", "api-b"):
-            port = free_port()
-            procs.append(Proc(["serve", "--port", str(port), "--data-dir", str(tmp / name)], env,
-                              tmp / f"{name}.log"))
-            apis.append((procs[-1], f"http://127.0.0.1:{port}"))
-        workers = []
-        for name in ("worker-1", "worker-2"):
-            procs.append(Proc(["worker", "--data-dir", str(tmp / name)], env, tmp / f"{name}.log"))
-            workers.append(procs[-1])
-        for proc, url in apis:
-            proc.wait_for(lambda u=url: httpx.get(f"{u}/readyz").status_code == 200, url)
+        for p in [*apis, *workers]:
+            p.start()
+        for api in apis:
+            api.wait_ready(180)
         for w in workers:
-            w.wait_for(lambda w=w: "ingestion worker" in w.text() and "started" in w.text(),
-                       str(w.log))
-        yield [url for _, url in apis], workers, pg
+            w.wait_for(lambda w=w: "ingestion worker" in w.log_text() and "started" in w.log_text(),
+                       str(w.log_path), 180)
+        yield [api.url for api in apis], workers, pg
     finally:
-        for p in procs:
-            p.stop()
+        for p in [*apis, *workers]:
+            p.stop(30)
         pg.drop()
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import live_group_members
+from tests.helpers.server import live_group_members
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,9 +37,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.app import create_app
-from tests.adapters import factories as f
-from tests.conftest import ADMIN_KEY, make_settings, new_tenant
-from tests.fake_engine import FakeEngine
+from tests.helpers import adapter_files as f
+from tests.helpers.api import indexed
+from tests.helpers.app import ADMIN, make_settings, new_tenant
+from tests.helpers.fake_engine import FakeEngine
 
 MAX_EXAMPLES = 25
 
@@ -75,8 +75,7 @@ AUTH = {
 class Env:
     def __init__(self, client: TestClient, tenant_key: dict[str, str], ids: dict[str, str]):
         self.client = client
-        self.keys = {None: {}, "admin": {"Authorization": f"Bearer {ADMIN_KEY}"},
-                     "tenant": tenant_key}
+        self.keys = {None: {}, "admin": dict(ADMIN), "tenant": tenant_key}
         self.ids = ids  # path parameter -> an id that exists
 
 
@@ -89,11 +88,8 @@ def env(tmp_path_factory) -> Iterator[Env]:
         with TestClient(create_app(settings_), raise_server_exceptions=False) as client:
             _, headers = new_tenant(client)
             victim, _ = new_tenant(client)  # the tenant whose policy the admin operations fuzz
-            r = client.post("/v1/documents", headers=headers, files={
-                "file": ("refunds.md", b"Refunds are accepted within 45 days of delivery.")})
-            assert r.status_code == 202, r.text
-            job_id = r.json()["job_id"]
-            _wait_job(client, headers, job_id)
+            job_id = indexed(client, headers, "refunds.md",
+                             b"Refunds are accepted within 45 days of delivery.")["job_id"]
             archive = f.tar_gz_of(f.valid_adapter(tmp / "adapter"), tmp / "a.tar.gz")
             for _ in range(2):  # two versions: rollbacks have somewhere to go
                 r = client.post("/v1/adapters", headers=headers,
@@ -105,17 +101,6 @@ def env(tmp_path_factory) -> Iterator[Env]:
                                         "name": "warelang", "tenant_id": victim})
     finally:
         engine.stop()
-
-
-def _wait_job(client, headers, job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = client.get(f"/v1/jobs/{job_id}", headers=headers).json()["state"]
-        if state in ("succeeded", "failed"):
-            assert state == "succeeded"
-            return
-        time.sleep(0.05)
-    raise AssertionError("the seed document was not indexed")
 
 
 def _document() -> dict:

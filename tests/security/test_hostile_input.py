@@ -26,16 +26,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.adapters import factories as f
-from tests.conftest import ADMIN_KEY, assert_error, make_settings, new_tenant
-from tests.fake_engine import FakeEngine
-from tests.ingest.test_documents_api import wait_job
+from tests.helpers import adapter_files as f
+from tests.helpers.api import CHAT, indexed
+from tests.helpers.app import ADMIN, assert_error, make_settings, new_tenant
+from tests.helpers.fake_engine import FakeEngine
 
-CHAT = "/v1/chat/completions"
 OK = {"messages": [{"role": "user", "content": "hi"}]}
 MAX_FILE = 64 << 10  # the server under test takes files up to 64 KB
 SECRET = b"The vault of Zephyr Outdoor Gear opens with the phrase copper heron 5512."
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @dataclass
@@ -45,14 +43,6 @@ class Svc:
     b: dict[str, str]
     a_id: str
     b_id: str
-
-
-def index(client, headers, name: str, content: bytes, **data) -> dict:
-    r = client.post("/v1/documents", headers=headers, files={"file": (name, content)}, data=data)
-    assert r.status_code == 202, r.text
-    job = wait_job(client, headers, r.json()["job_id"])
-    assert job["state"] == "succeeded", job
-    return job
 
 
 def start(tmp_path, engine: FakeEngine, **settings) -> TestClient:
@@ -68,8 +58,8 @@ def svc(tmp_path_factory) -> Iterator[Svc]:
         with start(tmp_path_factory.mktemp("hostile"), engine) as client:
             a_id, a = new_tenant(client)
             b_id, b = new_tenant(client)
-            index(client, a, "secret.txt", SECRET)
-            index(client, b, "notes.txt", b"Our office plants are watered on Mondays.")
+            indexed(client, a, "secret.txt", SECRET)
+            indexed(client, b, "notes.txt", b"Our office plants are watered on Mondays.")
             yield Svc(client, a, b, a_id, b_id)
     finally:
         engine.stop()
@@ -334,7 +324,7 @@ def test_metadata_cannot_override_the_tenant_filter(svc: Svc):
               "$or": [{"tenant_id": {"$ne": None}}], "must": [{"key": "tenant_id"}],
               "' OR 1=1 --": "'; DROP TABLE documents; --"}
     text = b"The spare key of the Zephyr boathouse hangs behind the red lantern."
-    index(svc.client, svc.a, "boathouse.txt", text, metadata=json.dumps(tricks))
+    indexed(svc.client, svc.a, "boathouse.txt", text, metadata=json.dumps(tricks))
     doc = svc.client.get("/v1/documents/boathouse", headers=svc.a).json()
     assert doc["metadata"] == tricks
     question = "Where does the spare key of the Zephyr boathouse hang?"
@@ -350,8 +340,8 @@ def test_metadata_cannot_override_the_tenant_filter(svc: Svc):
         "messages": [{"role": "user", "content": question}], "route": "rag"}).json()
     assert got_a["citations"][0]["document_id"] == "boathouse"
     # B's own upload with an operator where the tenant goes changes nothing for A's documents
-    index(svc.client, svc.b, "mine.txt", b"B's memo about the boathouse paint colour.",
-          metadata=json.dumps({"tenant_id": {"$ne": None}}))
+    indexed(svc.client, svc.b, "mine.txt", b"B's memo about the boathouse paint colour.",
+            metadata=json.dumps({"tenant_id": {"$ne": None}}))
     got_b = svc.client.post(CHAT, headers=svc.b, json={
         "messages": [{"role": "user", "content": question}], "route": "rag"}).json()
     assert {c["document_id"] for c in got_b["citations"]} <= {"mine", "notes"}
@@ -398,7 +388,7 @@ def db_svc(request, tmp_path_factory) -> Iterator[Svc]:
     settings = {}
     cleanup = None
     if request.param == "postgres":
-        from tests.ingest.kb import TempPostgres, postgres_available
+        from tests.helpers.postgres import TempPostgres, postgres_available
 
         if not postgres_available():
             pytest.skip("no PostgreSQL at RAGTUNE_TEST_POSTGRES_URL")
@@ -409,7 +399,7 @@ def db_svc(request, tmp_path_factory) -> Iterator[Svc]:
         with start(tmp_path_factory.mktemp(f"db-{request.param}"), engine, **settings) as client:
             a_id, a = new_tenant(client)
             b_id, b = new_tenant(client)
-            index(client, a, "secret.txt", SECRET)
+            indexed(client, a, "secret.txt", SECRET)
             yield Svc(client, a, b, a_id, b_id)
     finally:
         engine.stop()
@@ -446,8 +436,8 @@ def test_nul_in_a_file_name_is_a_400_on_every_registry(db_svc: Svc):
 
 def test_nul_in_stored_json_round_trips(db_svc: Svc):
     """NUL inside JSON the registry stores (metadata, a policy) is kept and read back."""
-    job = index(db_svc.client, db_svc.a, "nul.txt", b"plain text",
-                metadata='{"k\\u0000": "v\\u0000"}')
+    job = indexed(db_svc.client, db_svc.a, "nul.txt", b"plain text",
+                  metadata='{"k\\u0000": "v\\u0000"}')
     assert job["state"] == "succeeded"
     doc = db_svc.client.get("/v1/documents/nul", headers=db_svc.a)
     assert doc.status_code == 200 and doc.json()["metadata"] == {"k\x00": "v\x00"}

@@ -24,13 +24,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.adapters import factories as f
-from tests.conftest import ADMIN_KEY, assert_error, make_settings, new_tenant
-from tests.fake_engine import FakeEngine
-from tests.ingest.test_documents_api import wait_job
+from tests.helpers import adapter_files as f
+from tests.helpers.api import CHAT, indexed, wait_job
+from tests.helpers.app import ADMIN, assert_error, make_settings, new_tenant
+from tests.helpers.fake_engine import FakeEngine
 
-CHAT = "/v1/chat/completions"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 A_TEXT = "The launch code of project Nimbus is 7741-ALPHA, kept in the blue safe of Hangar 9."
 A_QUESTION = "What is the launch code of project Nimbus?"
 B_TEXT = "Our office plants are watered on Mondays by the facilities team."
@@ -54,11 +52,7 @@ class World:
 
 
 def index(client, headers, name: str, text: str) -> str:
-    r = client.post("/v1/documents", headers=headers, files={"file": (name, text.encode())})
-    assert r.status_code == 202, r.text
-    job = wait_job(client, headers, r.json()["job_id"])
-    assert job["state"] == "succeeded", job
-    return job["job_id"]
+    return indexed(client, headers, name, text.encode())["job_id"]
 
 
 def register(client, headers, tmp, name: str, label: str, rank: int = 8) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import ROOT, assert_error
+from tests.helpers.api import indexed
+from tests.helpers.app import ROOT, assert_error
 
 PROGRAMS = [
     json.loads(line)["messages"][-1]["content"]
@@ -55,8 +56,6 @@ def test_readable_prose_means_rag(client, tenant):
 
 
 def test_the_tenants_documents_are_sampled_and_keep_rag_beside_the_adapter(client, tenant):
-    from tests.ingest.test_documents_api import indexed
-
     _, headers = tenant
     indexed(client, headers, "skerry.md", ("\n\n".join(PROGRAMS)).encode())
     out = advise(client, headers)

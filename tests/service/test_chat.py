@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import assert_error, new_tenant
-
-
-def chat(client, headers, content="hello", **extra):
-    body = {"messages": [{"role": "user", "content": content}], **extra}
-    return client.post("/v1/chat/completions", json=body, headers=headers)
+from tests.helpers.api import chat
+from tests.helpers.app import assert_error, new_tenant
 
 
 def sse_events(resp) -> list:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 
-from tests.conftest import new_tenant
+from tests.helpers.app import new_tenant
 
 
 def test_metrics_count_requests_by_bounded_labels(client, tenant):

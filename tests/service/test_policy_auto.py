@@ -8,7 +8,6 @@ is needed to decide a path)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from typer.testing import CliRunner
 from service import policy_cli
 from service.app import create_app
 from service.cli import app as cli
-from tests.adapters import factories as f
-from tests.conftest import ADMIN_KEY, ROOT, make_settings
+from tests.helpers import adapter_files as f
+from tests.helpers.api import wait_job
+from tests.helpers.app import ADMIN, ADMIN_KEY, ROOT, make_settings, new_tenant
 
 EXAMPLES = ROOT / "examples"
 HELD_OUT_ACCURACY = 0.85
@@ -29,25 +29,11 @@ def _labeled(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _tenant(client, tenant_id: str) -> dict:
-    r = client.post("/v1/tenants", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    json={"id": tenant_id, "policy": {}})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['api_key']}"}
-
-
 def _upload_folder(client, headers, folder: Path) -> None:
     files = [("file", (p.name, p.read_bytes())) for p in sorted(folder.glob("*.md"))]
     r = client.post("/v1/documents", headers=headers, files=files)
     assert r.status_code == 202, r.text
-    job = r.json()["job_id"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = client.get(f"/v1/jobs/{job}", headers=headers).json()["state"]
-        if state in ("succeeded", "failed"):
-            break
-        time.sleep(0.1)
-    assert state == "succeeded"
+    assert wait_job(client, headers, r.json()["job_id"], timeout=120)["state"] == "succeeded"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,8 @@ def tenants(tmp_path_factory, fake_engine):
     tmp = tmp_path_factory.mktemp("policy")
     settings = make_settings(tmp, [fake_engine.url], model_dir=f.base_model_dir())
     with TestClient(create_app(settings)) as client:
-        keys = {name: _tenant(client, name) for name in ("halvard", "zephyr", "plain")}
+        keys = {name: new_tenant(client, tenant_id=name)[1]
+                for name in ("halvard", "zephyr", "plain")}
         _upload_folder(client, keys["halvard"], EXAMPLES / "dsl" / "manual")
         instructions = [
             json.loads(line)["messages"][0]["content"]
@@ -98,8 +85,7 @@ def test_auto_picks_the_labeled_path_with_calibrated_thresholds(tenants, tenant,
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[: result.output.rindex("}") + 1])
     assert report["suggested_accuracy"] >= report["current_accuracy"]
-    policy = client.get(f"/v1/tenants/{tenant}",
-                        headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["policy"]
+    policy = client.get(f"/v1/tenants/{tenant}", headers=ADMIN).json()["policy"]
     assert policy["min_score"] == report["suggested"]["min_score"]
 
     explained = client.post("/v1/policy/explain", headers=keys[tenant],

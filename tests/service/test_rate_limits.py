@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +12,9 @@ from core.registry.db import Registry
 from service.limits import RateLimiter
 from service.policy import Policy
 from service.tenants import TenantService
-from tests.conftest import ADMIN_KEY, assert_error, new_tenant
-from tests.ingest.kb import TempPostgres, postgres_available
+from tests.helpers.app import ADMIN_KEY, assert_error, new_tenant
+from tests.helpers.postgres import TempPostgres, postgres_available
+from tests.helpers.server import RagtuneServer
 
 
 class Clock:
@@ -77,52 +74,25 @@ def test_limits_through_the_api(client):
     assert client.post("/v1/chat/completions", headers=other, json=body).status_code == 200
 
 
-def _serve(tmp: Path, db_url: str, engine_url: str) -> tuple[subprocess.Popen, str]:
-    from tests.integration.conftest import free_port
-
-    port = free_port()
-    env = {**os.environ, "RAGTUNE_ADMIN_KEY": ADMIN_KEY, "RAGTUNE_DATABASE_URL": db_url,
-           "RAGTUNE_ENGINE__URLS": f'["{engine_url}"]', "RAGTUNE_LOG_JSON": "false",
-           "HF_HUB_OFFLINE": "1"}
-    tmp.mkdir(parents=True)
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ragtune"), "serve", "--port", str(port),
-         "--data-dir", str(tmp)], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _ready(proc, url, log: Path, timeout=120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not ready: {log.read_text()[-3000:]}")
-
-
 @pytest.mark.postgres
 def test_two_service_processes_share_one_count(tmp_path, fake_engine):
     if not postgres_available():
         pytest.skip("no PostgreSQL at RAGTUNE_TEST_POSTGRES_URL")
     pg = TempPostgres()
-    procs = []
+    servers = [
+        RagtuneServer(tmp_path / name, admin_key=ADMIN_KEY, engine_urls=[fake_engine.url],
+                      env={"RAGTUNE_DATABASE_URL": pg.url, "RAGTUNE_LOG_JSON": "false",
+                           "HF_HUB_OFFLINE": "1"})
+        for name in ("a", "b")
+    ]
     try:
-        for name in ("a", "b"):
-            procs.append(_serve(tmp_path / name, pg.url, fake_engine.url))
-        for (proc, url), name in zip(procs, "ab", strict=True):
-            _ready(proc, url, tmp_path / name / "serve.log")
-        urls = [url for _, url in procs]
-        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        r = httpx.post(f"{urls[0]}/v1/tenants", headers=admin,
-                       json={"id": "limited", "policy": {"requests_per_minute": 5}})
-        assert r.status_code == 201, r.text
-        key = {"Authorization": f"Bearer {r.json()['api_key']}"}
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(120)
+        urls = [server.url for server in servers]
+        api_key = servers[0].new_tenant("limited", {"requests_per_minute": 5})
+        key = {"Authorization": f"Bearer {api_key}"}
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         left = 60 - time.time() % 60
         if left < 10:  # all 8 requests inside one minute window
@@ -135,7 +105,6 @@ def test_two_service_processes_share_one_count(tmp_path, fake_engine):
         # alternating between the two processes, the tenant still gets 5 in the minute
         assert codes == [200] * 5 + [429] * 3
     finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(30)
+        for server in servers:
+            server.stop(30)
         pg.drop()

@@ -18,8 +18,7 @@ from core.settings import DocumentLimits
 from ingest.documents import DocumentService, Upload
 from service.policy import Policy
 from service.tenants import TenantService
-from tests.conftest import POSTGRES_URL
-from tests.ingest.kb import postgres_available
+from tests.helpers.postgres import POSTGRES_URL, postgres_available
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.conftest import ADMIN_KEY, new_tenant
-from tests.ingest.test_documents_api import REFUND_V2, ask, upload, wait_job
+from tests.helpers.api import ask, upload, wait_job
+from tests.helpers.app import ADMIN, new_tenant
 
 QUESTION = "How many days do I have to return an item to Zephyr Outdoor Gear?"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+REFUND_V2 = (
+    "Refund policy of Zephyr Outdoor Gear, revised. Returns are accepted within 14 days of "
+    "delivery only, and a restocking fee of 9 percent applies to every return."
+)
 
 
 def _counting(client) -> list[str]:

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from tests.conftest import assert_error, new_tenant
+from tests.helpers.api import chat
+from tests.helpers.app import assert_error, new_tenant
 
 
 def chat_ok(client, headers) -> int:
-    return client.post(
-        "/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "x"}]},
-        headers=headers,
-    ).status_code
+    return chat(client, headers, "x").status_code
 
 
 def test_create_shows_key_once_and_get_hides_it(client, admin):

@@ -1,13 +1,11 @@
-"""Shared helpers for knowledge-base tests: a registry, a store and a worker, real ones."""
+"""Knowledge-base tests' pieces, real ones: the embedder, a store, a worker, a tenant, the document
+service (a registry on SQLite or PostgreSQL: postgres.registry_url)."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
-from core.registry.db import Registry, normalize_url
+from core.registry.db import Registry
 from core.settings import (
     ChunkingSettings,
     DocumentLimits,
@@ -22,44 +20,10 @@ from ingest.stores import open_chunk_store
 from ingest.worker import IngestWorker
 from service.policy import Policy
 from service.tenants import TenantService
-from tests.conftest import POSTGRES_URL
 
 
 def embedder():
-    return shared_embedder(EmbeddingSettings().model_dump_json())
-
-
-def postgres_available() -> bool:
-    try:
-        with create_engine(normalize_url(POSTGRES_URL)).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-class TempPostgres:
-    """A database of its own, created and dropped around a test."""
-
-    def __init__(self) -> None:
-        self.admin = create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-        self.name = "ragtune_t_" + uuid.uuid4().hex[:10]
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        self.url = normalize_url(POSTGRES_URL).rsplit("/", 1)[0] + f"/{self.name}"
-
-    def drop(self) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-
-
-def registry_url(kind: str, tmp_path: Path):
-    """(url, cleanup) for 'sqlite' or 'postgres'."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}", lambda: None
-    pg = TempPostgres()
-    return pg.url, pg.drop
+    return shared_embedder(EmbeddingSettings())
 
 
 def make_worker(registry: Registry, store, **overrides) -> IngestWorker:

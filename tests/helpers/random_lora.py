@@ -1,12 +1,12 @@
-"""Random LoRA adapters for integration tests: each seed gives a different, strong adapter."""
+"""Random LoRA adapters (integration tests, bench): each seed gives a different, strong adapter."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-SERVED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from core.settings import BASE_MODEL_NAME as SERVED_BASE_MODEL
+from tests.helpers.adapter_files import TARGET_MODULES
 
 
 def make_random_lora(

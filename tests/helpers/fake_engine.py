@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 
 from aiohttp import web
+
+from tests.helpers.ports import free_port
 
 
 class FakeEngine:
@@ -26,7 +27,7 @@ class FakeEngine:
         self.loras: dict[str, str] = {}  # runtime-loaded adapters: name -> path
         self.lora_calls: list[tuple[str, str]] = []  # ("load" | "unload", name)
         self.refuse_loads = False  # answer loads as vLLM does when its loader fails
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -187,9 +188,3 @@ def _vllm_error(status: int, message: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": "BadRequestError", "code": status}}, status=status
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
