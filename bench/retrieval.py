@@ -40,13 +40,9 @@ if str(REPO) not in sys.path:
 
 from _common import percentile  # noqa: E402
 
-from ingest.vector_store import (  # noqa: E402
-    Chunk,
-    ChunkStore,
-    QdrantSettings,
-    chunk_id,
-    open_chunk_store,
-)
+from core.settings import QdrantSettings  # noqa: E402
+from ingest.stores import open_chunk_store  # noqa: E402
+from ingest.vector_store import Chunk, ChunkStore, chunk_id  # noqa: E402
 
 DIM = 384  # all-MiniLM-L6-v2
 BATCH = 1000
