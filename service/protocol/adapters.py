@@ -1,0 +1,87 @@
+"""Adapters: /v1/adapters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.protocol.base import ResponseBody
+
+
+class AdapterByUri(BaseModel):
+    """Register a folder that already lies under the server's adapter root."""
+
+    name: str
+    uri: str = Field(description="A path (or file:// URI) under the server's adapter root.")
+    description: str = ""
+    examples: list[str] = Field(default_factory=list)
+
+
+class Rollback(BaseModel):
+    version: int | None = Field(None, ge=1, le=2**31 - 1,
+                                description="Default: the version before the current.")
+
+
+# The route reads the multipart form itself (the archive is streamed to disk under the size
+# cap), so FastAPI cannot derive the request body: the document is told it here.
+REGISTER_ADAPTER_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "name"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": "A .tar.gz or .zip of a PEFT LoRA folder"},
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "examples": {"type": "string", "description": "A JSON list of prompts"},
+                },
+            }
+        },
+        "application/json": {"schema": AdapterByUri.model_json_schema()},
+    },
+}
+
+# loading: another registration is putting it on the engines; retired: traffic left it (kept
+# for a rollback).
+AdapterStatus = Literal["loading", "ready", "retired"]
+
+
+class AdapterVersionInfo(ResponseBody):
+    version: int
+    status: AdapterStatus
+    rank: int
+    size_bytes: int
+    created_at: str = Field(description="ISO 8601.")
+    retired_at: str | None = Field(description="When traffic left it; null if it never did.")
+
+
+class AdapterSummary(ResponseBody):
+    """An adapter as GET /v1/adapters lists it: its current version (the one traffic goes to)."""
+
+    object: Literal["adapter"]
+    name: str
+    version: int
+    status: AdapterStatus
+    base_model: str
+    rank: int
+    size_bytes: int
+    description: str
+    examples: list[str]
+    created_at: str = Field(description="When the current version was registered (ISO 8601).")
+    updated_at: str = Field(description="When the adapter last changed (ISO 8601).")
+
+
+class AdapterDetail(AdapterSummary):
+    """An adapter with every version, newest first: GET /v1/adapters/{name}, and the answer to a
+    registration (201) and a rollback."""
+
+    versions: list[AdapterVersionInfo]
+
+
+class AdapterList(ResponseBody):
+    object: Literal["list"]
+    data: list[AdapterSummary]
