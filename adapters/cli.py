@@ -17,10 +17,11 @@ _TRANSPORT: httpx.BaseTransport | None = None
 MAX_EXAMPLES_FROM_TRAINING_FILE = 20
 
 
-def _settings():
+def _settings(**overrides):
+    """The settings `ragtune serve` reads (environment, .env), with the options given."""
     from core.settings import load_settings
 
-    return load_settings()
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -55,27 +56,34 @@ def train(
     ] = False,
     base_model_dir: Annotated[
         Path | None,
-        typer.Option(help="Base model folder (default: the served one, RAGTUNE_MODEL_DIR)."),
+        typer.Option(
+            help="Base model folder (RAGTUNE_MODEL_DIR; default: the one serve uses, prepared "
+            "there when missing)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")
     ] = None,
 ) -> None:
     """Check the data, then train a LoRA adapter on the base model (adapter_config.json +
-    adapter_model.safetensors in --out)."""
+    adapter_model.safetensors in --out). The base model, chunking and embedding are the
+    server's own (the same settings `ragtune serve` reads)."""
     from transformers import AutoTokenizer
 
     from adapters.datacheck import check_training_data, load_jsonl
     from adapters.train import TrainingRefused, train_lora
+    from core.base_model import ModelPreparationError, ensure_base_model
     from core.errors import TrainingDataError
 
-    settings = _settings()
-    base_dir = base_model_dir or settings.resolved_model_dir
-    if not (base_dir / "config.json").is_file():
-        raise _fail(
-            f"no base model at {base_dir}: run `ragtune model prepare` or pass --base-model-dir"
-        )
+    settings = _settings(data_dir=data_dir, model_dir=base_model_dir)
     try:
         rows = load_jsonl(data)
     except (TrainingDataError, OSError) as e:
         raise _fail(f"cannot read {data}: {getattr(e, 'message', e)}", 2) from None
+    try:
+        base_dir = ensure_base_model(settings.resolved_model_dir, log=typer.echo)
+    except (ModelPreparationError, OSError) as e:
+        raise _fail(f"no base model at {settings.resolved_model_dir}: {e}") from None
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     report = check_training_data(rows, tokenizer=tokenizer, max_tokens=max_len)
     typer.echo(report.summary())
@@ -87,6 +95,8 @@ def train(
             out,
             base_model_dir=base_dir,
             base_model_name=settings.base_model_name,
+            chunking=settings.chunking,
+            embedding=settings.embedding,
             rank=rank,
             alpha=alpha or 2 * rank,
             epochs=epochs,

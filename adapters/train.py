@@ -7,6 +7,10 @@ ingestion's own splitter and `with_context` (ingest/context.py) is the one forma
 The relevant passage comes with distractors (RAFT), because an adapter trained without context is
 disturbed by context.
 
+Chunking and embedding are the server's own settings groups (`Settings.chunking`,
+`Settings.embedding`), passed in by the caller: context built with other chunk sizes or another
+embedding model would not look like the context the adapter is served with.
+
 The output folder holds adapter_config.json (naming the served base model) and
 adapter_model.safetensors, nothing else, and is validated before returning.
 
@@ -27,6 +31,7 @@ from adapters.base_layout import base_layout
 from adapters.datacheck import DataReport, Sample, check_training_data, normalise_rows
 from adapters.peft_files import CONFIG_NAME, WEIGHTS_NAME
 from adapters.validation import AdapterInfo, validate_adapter
+from core.settings import ChunkingSettings, EmbeddingSettings
 from ingest.context import CONTEXT_HEADER, with_context
 
 IGNORE_INDEX = -100
@@ -37,11 +42,19 @@ EmbedTexts = Callable[[list[str]], Any]  # texts -> L2-normalised vectors (n, d)
 # ---- context: the serving side's format (ingest/context.py) and chunks (ingest/) ----------
 
 
-def load_context_chunks(context_docs: Sequence[str] | Path | str) -> list[str]:
+def load_context_chunks(
+    context_docs: Sequence[str] | Path | str,
+    *,
+    chunking: ChunkingSettings,
+    embedding: EmbeddingSettings,
+) -> list[str]:
     """The chunks retrieval would serve from these documents: a list of texts, or the files
-    under a folder, read by ingestion's readers and split by its pipeline's splitter with the
-    service's chunk settings, so training context looks like serving context."""
-    from core.settings import ChunkingSettings
+    under a folder, read by ingestion's readers and split as the server's ingestion pipeline
+    splits them (its chunk settings, sized in its embedding model's tokens), so training
+    context looks like serving context."""
+    from transformers import AutoTokenizer
+
+    from ingest.embedding import default_model_path
     from ingest.pipeline import ChunkPipeline
     from ingest.readers import TYPES, Section, content_type_for, read_sections
 
@@ -57,22 +70,30 @@ def load_context_chunks(context_docs: Sequence[str] | Path | str) -> list[str]:
         ]
     else:
         sections = [Section(text, {}) for text in context_docs if text.strip()]
-    splitter = ChunkPipeline.splitter_for(ChunkingSettings())
-    chunks = [n.get_content() for n in splitter.get_nodes_from_documents(
-        ChunkPipeline.documents(sections))]
+    # The embedding model's own tokenizer, as ChunkPipeline(embedder, chunking) sizes chunks,
+    # without loading the model itself.
+    tokenizer = AutoTokenizer.from_pretrained(
+        embedding.model_path or default_model_path(), local_files_only=True
+    )
+    splitter = ChunkPipeline.splitter_for(chunking, tokenizer)
+    documents = ChunkPipeline.documents(sections)
+    chunks = [n.get_content() for n in splitter.get_nodes_from_documents(documents)]
     if not chunks:
         raise ValueError("the context documents hold no text")
     return chunks
 
 
-def embed_texts(texts: list[str]):
-    """The service's embedding model (ingest/embedding.py, default settings), normalised."""
-    import numpy as np
+def embedder_for(embedding: EmbeddingSettings) -> EmbedTexts:
+    """The server's embedding model for these settings (ingest/embedding.py), normalised."""
 
-    from core.settings import EmbeddingSettings
-    from ingest.embedding import shared_embedder
+    def embed_texts(texts: list[str]):
+        import numpy as np
 
-    return np.asarray(shared_embedder(EmbeddingSettings().model_dump_json()).texts(list(texts)))
+        from ingest.embedding import shared_embedder
+
+        return np.asarray(shared_embedder(embedding).texts(list(texts)))
+
+    return embed_texts
 
 
 def select_context(
@@ -81,7 +102,7 @@ def select_context(
     *,
     distractors: int = 1,
     rng: random.Random,
-    embed: EmbedTexts = embed_texts,
+    embed: EmbedTexts,
 ) -> list[list[str]]:
     """For each query: the most similar chunk plus `distractors` random others, shuffled, so the
     model learns to find the relevant passage rather than trust the first one."""
@@ -106,7 +127,7 @@ def plan_context(
     fraction: float,
     distractors: int,
     rng: random.Random,
-    embed: EmbedTexts = embed_texts,
+    embed: EmbedTexts,
 ) -> list[list[dict]]:
     """Prompt messages per sample; `round(fraction * n)` randomly chosen samples get context
     (the rest stay as they are, as prompts served without retrieval are)."""
@@ -227,6 +248,8 @@ def train_lora(
     *,
     base_model_dir: Path,
     base_model_name: str,
+    chunking: ChunkingSettings,
+    embedding: EmbeddingSettings,
     rank: int = 16,
     alpha: int = 32,
     epochs: int = 3,
@@ -242,10 +265,12 @@ def train_lora(
     progress: bool = True,
     force: bool = False,
     eval_samples: int = 32,
-    embed: EmbedTexts = embed_texts,
+    embed: EmbedTexts | None = None,
 ) -> TrainResult:
     """Train a LoRA on all linear projections of the base model's decoder layers.
 
+    `chunking` and `embedding` are the serving settings' groups: the RAFT context is split and
+    picked with them (`embed`, when given, stands in for the embedding model in the picking).
     `batch_size` is the number of samples per optimizer step; `grad_accum` splits it into that
     many forward/backward passes (same result, less memory).
     """
@@ -272,14 +297,14 @@ def train_lora(
         raise ValueError("no usable training samples")
     prompts = [list(s.messages) for s in samples]
     if context_docs is not None and context_fraction > 0:
-        chunks = load_context_chunks(context_docs)
+        chunks = load_context_chunks(context_docs, chunking=chunking, embedding=embedding)
         prompts = plan_context(
             samples,
             chunks,
             fraction=context_fraction,
             distractors=distractors,
             rng=rng,
-            embed=embed,
+            embed=embed or embedder_for(embedding),
         )
     context_samples = sum(1 for p in prompts if CONTEXT_HEADER in p[0]["content"])
     encoded = [

@@ -40,6 +40,16 @@ def is_prepared(model_dir: Path) -> bool:
     return (model_dir / MARKER).is_file()
 
 
+def ensure_base_model(model_dir: Path, *, log=print) -> Path:
+    """The base model folder `serve` and `adapters train` both load (settings'
+    `resolved_model_dir`): taken as it is when it holds a model (config.json, prepared here or
+    put there by the operator), else prepared from the GGUF first."""
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    return prepare_model(model_dir, log=log)
+
+
 def prepare_model(model_dir: Path, *, log=print) -> Path:
     """Write config, tokenizer (with chat template) and safetensors weights into `model_dir`.
 

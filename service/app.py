@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from adapters.hotswap import EngineAdapters
 from adapters.service import AdapterService
-from core.base_model import prepare_model
+from core.base_model import ensure_base_model
 from core.engine_pool import EnginePool
 from core.metrics import Metrics
 from core.observability import RequestContextMiddleware
@@ -50,8 +50,7 @@ def open_knowledge_base(settings: Settings):
 async def start_engine(settings: Settings) -> tuple[list[str], EngineSupervisor | None]:
     if settings.engine.urls:
         return list(settings.engine.urls), None
-    if not (settings.resolved_model_dir / "config.json").exists():
-        await asyncio.to_thread(prepare_model, settings.resolved_model_dir, log=log.info)
+    await asyncio.to_thread(ensure_base_model, settings.resolved_model_dir, log=log.info)
     supervisor = EngineSupervisor(settings)
     await supervisor.start()
     return [supervisor.url], supervisor

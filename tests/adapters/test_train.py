@@ -16,7 +16,7 @@ from adapters.train import (
     IGNORE_INDEX,
     TrainingRefused,
     build_example,
-    embed_texts,
+    embedder_for,
     encode_sample,
     load_context_chunks,
     plan_context,
@@ -24,9 +24,12 @@ from adapters.train import (
     train_lora,
 )
 from adapters.validation import validate_adapter
-from core.settings import BASE_MODEL_NAME, ChunkingSettings
+from core.settings import BASE_MODEL_NAME, ChunkingSettings, EmbeddingSettings
 from ingest.context import CONTEXT_HEADER, format_context, with_context
 from tests.helpers.adapter_files import base_model_dir
+
+# The serving settings' groups (defaults here): training is always given the server's own.
+SERVED = {"chunking": ChunkingSettings(), "embedding": EmbeddingSettings()}
 
 
 def secret_codes(n: int) -> list[dict]:
@@ -91,7 +94,7 @@ def test_context_chunks_are_the_ingestion_splitters_chunks(tmp_path: Path) -> No
     text = "Para one.\n\nPara two is here.\n\n" + "A long sentence goes on. " * 120
     (tmp_path / "manual.md").write_text(text)
     (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
-    chunks = load_context_chunks(tmp_path)
+    chunks = load_context_chunks(tmp_path, **SERVED)
     splitter = ChunkPipeline.splitter_for(ChunkingSettings())
     count = lambda t: len(splitter._tokenizer(t))  # noqa: E731
     assert len(chunks) > 2
@@ -99,9 +102,9 @@ def test_context_chunks_are_the_ingestion_splitters_chunks(tmp_path: Path) -> No
     assert chunks[0].startswith("Para one.")
     words = set(" ".join(chunks).split())
     assert {"Para", "one.", "two", "sentence"} <= words
-    assert load_context_chunks([text]) == chunks
+    assert load_context_chunks([text], **SERVED) == chunks
     with pytest.raises(ValueError):
-        load_context_chunks(["  "])
+        load_context_chunks(["  "], **SERVED)
 
 
 DOCS = [
@@ -115,7 +118,8 @@ DOCS = [
 
 def test_select_context_puts_the_relevant_chunk_among_distractors() -> None:
     queries = ["Which zone names are used in the warehouse?", "Who approves a big refund?"]
-    picked = select_context(queries, DOCS, distractors=2, rng=random.Random(0), embed=embed_texts)
+    embed = embedder_for(EmbeddingSettings())
+    picked = select_context(queries, DOCS, distractors=2, rng=random.Random(0), embed=embed)
     assert [len(p) for p in picked] == [3, 3]
     assert DOCS[0] in picked[0] and DOCS[2] in picked[1]
     assert all(len(set(p)) == 3 for p in picked)
@@ -157,6 +161,7 @@ def test_train_lora_lowers_the_loss_and_writes_a_valid_adapter(tmp_path: Path) -
         out,
         base_model_dir=base_model_dir(),
         base_model_name=BASE_MODEL_NAME,
+        **SERVED,
         rank=4,
         alpha=8,
         max_steps=6,
@@ -189,6 +194,7 @@ def test_train_lora_refuses_bad_data(tmp_path: Path) -> None:
             tmp_path / "a",
             base_model_dir=base_model_dir(),
             base_model_name=BASE_MODEL_NAME,
+            **SERVED,
             progress=False,
         )
     assert not exc.value.report.passes and "at least 50" in str(exc.value)
