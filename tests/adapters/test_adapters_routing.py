@@ -1,0 +1,63 @@
+"""Which adapter a chat goes to, against fake engines: `auto` takes the adapter whose examples match
+(and the examples of a name registered again after a delete), and a policy in adapter_rag mode
+uses the policy's adapter."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.helpers.adapter_service import archive, register
+from tests.helpers.api import chat
+from tests.helpers.app import new_tenant
+
+
+def test_auto_takes_the_adapter_whose_examples_match(client, tmp_path):
+    _, headers = new_tenant(client, {"adapter_match_min": 0.6})
+    r = register(client, headers, archive(tmp_path), examples=json.dumps(
+        ["Write a WARELANG rule that moves pallets from zone heron to zone kite",
+         "WARELANG: pick 12 units of SKU 400123 in zone wren"]))
+    assert r.status_code == 201
+    near = chat(client, headers, "Write a WARELANG rule moving pallets from heron to kite").json()
+    assert near["route"]["path"] == "adapter_rag", near["route"]
+    assert near["route"]["adapter"] == "warelang@1"
+    assert near["route"]["signals"]["adapter_match"] >= 0.6
+    far = chat(client, headers, "What is the capital of France?").json()
+    assert far["route"]["path"] == "prompt", far["route"]
+    assert far["route"]["signals"]["adapter_match"] < 0.6
+    assert "no adapter matches" in far["route"]["reason"]
+
+
+def test_a_name_registered_again_after_delete_matches_its_new_examples(client, tmp_path):
+    """The router caches a version's example vectors; `warelang@1` registered again after a
+    delete is another version with other examples, and auto must match those."""
+    _, headers = new_tenant(client, {"adapter_match_min": 0.6})
+    query = "Write a WARELANG rule moving pallets from heron to kite"
+    r = register(client, headers, archive(tmp_path), examples=json.dumps(
+        ["Write a WARELANG rule that moves pallets from zone heron to zone kite"]))
+    assert r.status_code == 201
+    assert chat(client, headers, query).json()["route"]["path"] == "adapter_rag"
+    assert client.delete("/v1/adapters/warelang", headers=headers).status_code == 204
+    deadline = time.monotonic() + 5
+    while client.get("/v1/adapters", headers=headers).json()["data"] and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = register(client, headers, archive(tmp_path, name="again.tgz"),
+                 description="Bakes sourdough bread",
+                 examples=json.dumps(["How long should sourdough proof overnight?"]))
+    assert r.status_code == 201 and r.json()["version"] == 1
+    again = chat(client, headers, query).json()["route"]
+    assert again["path"] == "prompt", again
+    assert again["signals"]["adapter_match"] < 0.6
+    bread = chat(client, headers, "How long do I proof sourdough overnight?").json()["route"]
+    assert bread["path"] == "adapter_rag" and bread["adapter"] == "warelang@1", bread
+
+
+def test_policy_mode_adapter_rag_uses_the_policys_adapter(client, tmp_path):
+    tenant, headers = new_tenant(client, {"mode": "adapter_rag", "adapter": "second"})
+    for n in ("first", "second"):
+        assert register(client, headers, archive(tmp_path, name=f"{n}.tgz"),
+                        name=n).status_code == 201
+    out = chat(client, headers).json()
+    assert out["route"]["path"] == "adapter_rag" and out["route"]["adapter"] == "second@1"
+    assert "policy's adapter" in out["route"]["reason"]
