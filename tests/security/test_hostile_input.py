@@ -8,47 +8,33 @@ or fields, a huge field, a huge file, broken boundaries), path tricks in documen
 and tenant ids (`..`, `%2e%2e`, encoded slashes, NUL, absolute paths) and in upload
 `document_id` and adapter names, SQL-ish and filter-injection strings in ids; then the tests
 after the table: upload metadata trying to override the tenant filter (checked with a second
-tenant), filter injection in list queries, integers beyond 64 bits, and the rows whose text
-PostgreSQL refuses (NUL), run on SQLite and on PostgreSQL where one answers.
+tenant), filter injection in list queries and integers beyond 64 bits. Text PostgreSQL refuses
+(NUL), on SQLite and on PostgreSQL where one answers, is tests/security/test_nul_bytes.py.
 
 Archive bombs and tricks for adapters (zip/tar bombs, PAX header bombs, lying sizes, links,
 `..` members, too many members) are in tests/adapters/test_archive.py and
-tests/adapters/test_adapters_api.py::test_bad_adapters_are_refused_and_leave_nothing.
+tests/adapters/test_adapters_refused.py::test_bad_adapters_are_refused_and_leave_nothing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
-from tests.helpers import adapter_files as f
 from tests.helpers.api import CHAT, indexed
-from tests.helpers.app import ADMIN, assert_error, make_settings, new_tenant
+from tests.helpers.app import ADMIN, assert_error, new_tenant
 from tests.helpers.fake_engine import FakeEngine
-
-OK = {"messages": [{"role": "user", "content": "hi"}]}
-MAX_FILE = 64 << 10  # the server under test takes files up to 64 KB
-SECRET = b"The vault of Zephyr Outdoor Gear opens with the phrase copper heron 5512."
-
-
-@dataclass
-class Svc:
-    client: TestClient
-    a: dict[str, str]  # tenant A's auth header (owns the document 'secret')
-    b: dict[str, str]
-    a_id: str
-    b_id: str
-
-
-def start(tmp_path, engine: FakeEngine, **settings) -> TestClient:
-    app = create_app(make_settings(tmp_path, [engine.url], model_dir=f.base_model_dir(),
-                                   documents={"max_file_bytes": MAX_FILE}, **settings))
-    return TestClient(app, raise_server_exceptions=False)
+from tests.helpers.hostile_service import (
+    MAX_FILE,
+    OK,
+    SECRET,
+    Svc,
+    healthy,
+    multipart,
+    start,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,30 +49,6 @@ def svc(tmp_path_factory) -> Iterator[Svc]:
             yield Svc(client, a, b, a_id, b_id)
     finally:
         engine.stop()
-
-
-def healthy(client: TestClient, headers: dict[str, str], document_id: str | None = None) -> None:
-    assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 200, client.get("/readyz").text
-    r = client.post(CHAT, json=OK, headers=headers)
-    assert r.status_code == 200, r.text
-    if document_id is not None:
-        r = client.get(f"/v1/documents/{document_id}", headers=headers)
-        assert r.status_code == 200, r.text
-
-
-def multipart(parts: list[tuple[str, bytes | None, bytes]], boundary: str = "B") -> dict:
-    """A multipart body written by hand (name, filename or None, data): bytes no client sends."""
-    body = b""
-    for name, filename, data in parts:
-        disp = f'form-data; name="{name}"'.encode()
-        if filename is not None:
-            disp += b'; filename="' + filename + b'"'
-        body += b"--" + boundary.encode() + b"\r\nContent-Disposition: " + disp
-        body += b"\r\n\r\n" + data + b"\r\n"
-    body += b"--" + boundary.encode() + b"--\r\n"
-    return {"content": body,
-            "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
 
 
 def raw_json(body: bytes) -> dict:
@@ -378,80 +340,3 @@ def test_integers_beyond_64_bits_are_not_a_500(svc: Svc, body):
     if r.status_code >= 400:
         assert set(r.json()) == {"error"}
     healthy(svc.client, svc.a, "secret")
-
-
-# ---- text PostgreSQL refuses (NUL): on SQLite and on PostgreSQL where one answers -------------
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def db_svc(request, tmp_path_factory) -> Iterator[Svc]:
-    settings = {}
-    cleanup = None
-    if request.param == "postgres":
-        from tests.helpers.postgres import TempPostgres, postgres_available
-
-        if not postgres_available():
-            pytest.skip("no PostgreSQL at RAGTUNE_TEST_POSTGRES_URL")
-        pg = TempPostgres()
-        settings, cleanup = {"database_url": pg.url}, pg.drop
-    engine = FakeEngine().start()
-    try:
-        with start(tmp_path_factory.mktemp(f"db-{request.param}"), engine, **settings) as client:
-            a_id, a = new_tenant(client)
-            b_id, b = new_tenant(client)
-            indexed(client, a, "secret.txt", SECRET)
-            yield Svc(client, a, b, a_id, b_id)
-    finally:
-        engine.stop()
-        if cleanup is not None:
-            cleanup()
-
-
-NUL_ROWS = [
-    ("GET", "/v1/documents/a%00b", "a"), ("DELETE", "/v1/documents/a%00b", "a"),
-    ("GET", "/v1/jobs/a%00b", "a"), ("GET", "/v1/adapters/a%00b", "a"),
-    ("DELETE", "/v1/adapters/a%00b", "a"), ("POST", "/v1/adapters/a%00b/rollback", "a"),
-    ("GET", "/v1/documents?after=a%00b", "a"), ("GET", "/v1/tenants/a%00b", "admin"),
-    ("PATCH", "/v1/tenants/a%00b", "admin"), ("DELETE", "/v1/tenants/a%00b", "admin"),
-    ("POST", "/v1/tenants/a%00b/keys", "admin"),
-]
-
-
-@pytest.mark.parametrize("method,path,auth", NUL_ROWS, ids=[f"{m} {p}" for m, p, _ in NUL_ROWS])
-def test_nul_in_a_path_is_a_400_on_every_registry(db_svc: Svc, method, path, auth):
-    headers = db_svc.a if auth == "a" else ADMIN
-    kwargs = {"json": {"policy": {}}} if method == "PATCH" else {}
-    resp = db_svc.client.request(method, path, headers=headers, **kwargs)
-    assert_error(resp, 400, "invalid_characters")
-    healthy(db_svc.client, db_svc.a, "secret")
-
-
-def test_nul_in_a_file_name_is_a_400_on_every_registry(db_svc: Svc):
-    body = multipart([("file", b"a\x00b.txt", b"hello"), ("document_id", None, b"named")])
-    resp = db_svc.client.post("/v1/documents", content=body["content"],
-                              headers={**db_svc.a, **body["headers"]})
-    assert_error(resp, 400, "invalid_filename")
-    healthy(db_svc.client, db_svc.a, "secret")
-
-
-def test_nul_in_stored_json_round_trips(db_svc: Svc):
-    """NUL inside JSON the registry stores (metadata, a policy) is kept and read back."""
-    job = indexed(db_svc.client, db_svc.a, "nul.txt", b"plain text",
-                  metadata='{"k\\u0000": "v\\u0000"}')
-    assert job["state"] == "succeeded"
-    doc = db_svc.client.get("/v1/documents/nul", headers=db_svc.a)
-    assert doc.status_code == 200 and doc.json()["metadata"] == {"k\x00": "v\x00"}
-    r = db_svc.client.patch(f"/v1/tenants/{db_svc.b_id}", headers=ADMIN,
-                            json={"policy": {"system_prompt": "be\x00brief"}})
-    assert r.status_code == 200, r.text
-    healthy(db_svc.client, db_svc.b)
-    healthy(db_svc.client, db_svc.a, "secret")
-
-
-def test_nul_in_an_adapter_description_is_a_400(db_svc: Svc, tmp_path):
-    archive = f.tar_gz_of(f.valid_adapter(tmp_path / "adapter"), tmp_path / "a.tar.gz")
-    resp = db_svc.client.post("/v1/adapters", headers=db_svc.a,
-                              files={"file": ("a.tar.gz", archive.read_bytes())},
-                              data={"name": "nuldesc", "description": "rules\x00for WARELANG"})
-    assert_error(resp, 400, "invalid_description")
-    healthy(db_svc.client, db_svc.a, "secret")
