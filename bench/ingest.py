@@ -233,7 +233,7 @@ def setup(root: Path, grace_s: float) -> Bench:
     registry.migrate()
     TenantService(registry).create(TENANT, Policy(mode="rag"))
     TenantService(registry).create("warmup", Policy(mode="rag"))
-    embedder = shared_embedder(EmbeddingSettings().model_dump_json())
+    embedder = shared_embedder(EmbeddingSettings())
     store = open_chunk_store(QdrantSettings(path=root / "qdrant"), root)
     store.ensure_collection(embedder.dim)
     worker = IngestWorker(

@@ -41,7 +41,7 @@ def open_knowledge_base(settings: Settings):
     from ingest.embedding import shared_embedder
     from ingest.stores import open_chunk_store
 
-    embedder = shared_embedder(settings.embedding.model_dump_json())
+    embedder = shared_embedder(settings.embedding)
     store = open_chunk_store(settings.qdrant, settings.data_dir)
     store.ensure_collection(embedder.dim)
     return embedder, store
