@@ -12,4 +12,9 @@ postgres        the test PostgreSQL: is it there, a database of one's own
 knowledge_base  a real registry, store and worker for ingestion tests
 adapter_files   the test base model, a valid peft adapter, each way to break it, archives
 random_lora     random strong LoRA adapters (integration tests and bench)
+adapter_service the adapter-serving app against fake engines: client, archive, register, files
+hostile_service the service the hostile-input tests attack
+deploy_files    the deployment files' paths; dev tools, skipped where absent
+helm_chart      the chart rendered per values scenario
+settings_names  `RAGTUNE_*` names that no Settings field reads
 """
