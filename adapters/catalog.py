@@ -133,7 +133,7 @@ class AdapterCatalog:
 
 
 def _view(adapter: Adapter, versions, with_versions: bool = True) -> dict:
-    """The JSON body of service/protocol.py's AdapterView (AdapterSummary without versions)."""
+    """An adapter's JSON body (service.protocol's AdapterSummary; AdapterDetail with versions)."""
     current = next(v for v in versions if v.version == adapter.current_version)
     out = {
         "object": "adapter",

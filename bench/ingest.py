@@ -44,7 +44,7 @@ from core.settings import (  # noqa: E402
     ChunkingSettings,
     DocumentLimits,
     EmbeddingSettings,
-    QdrantSettings,  # noqa: E402
+    QdrantSettings,
     WorkerSettings,
 )
 from ingest.documents import DocumentService, Upload  # noqa: E402

@@ -47,6 +47,13 @@ def ensure_base_model(model_dir: Path, *, log=print) -> Path:
     model_dir = Path(model_dir)
     if (model_dir / "config.json").is_file():
         return model_dir
+    if model_dir.is_dir() and any(model_dir.iterdir()) and not is_prepared(model_dir):
+        # Preparing replaces the folder: never do that to one that holds something else (a
+        # mistyped --base-model-dir, a parent folder).
+        raise ModelPreparationError(
+            f"{model_dir} holds files but no model (no config.json); name the folder of a "
+            "Hugging Face model, or a missing or empty one to prepare the base model in"
+        )
     return prepare_model(model_dir, log=log)
 
 

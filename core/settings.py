@@ -12,13 +12,12 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BASE_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from core.base_model import BASE_MODEL_NAME
 
 
 def _default_engine_python() -> Path:
     # `make install` puts the engine's environment beside ragtune's own (.venv and .venv-engine).
     return Path(sys.prefix).parent / ".venv-engine" / "bin" / "python"
-
 
 
 class QdrantSettings(BaseModel):
