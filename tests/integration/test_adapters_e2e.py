@@ -179,7 +179,7 @@ def test_engine_restart_gets_the_adapters_back(server, base_model_dir, trained):
     deadline = time.monotonic() + 20
     while httpx.get(f"{server.url}/readyz").status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
-    server.wait_ready(timeout=240)
+    server.wait_ready(240)
     # reconcile runs as soon as the replica is back: no request had to ask for it
     deadline = time.monotonic() + 30
     while "restart-tenant--codes--v1" not in engine_models(server) and (

@@ -41,7 +41,7 @@ def test_engine_killed_mid_stream_ends_the_stream_with_an_error_event(server):
     deadline = time.monotonic() + 20  # the supervisor sees the death, then restarts it
     while httpx.get(f"{server.url}/readyz").status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
-    server.wait_ready(timeout=240)
+    server.wait_ready(240)
     r = httpx.post(f"{server.url}/v1/chat/completions", headers=headers, timeout=120,
                    json={"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 4})
     assert r.status_code == 200, r.text

@@ -52,7 +52,7 @@ def test_killed_engine_is_restarted(server):
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
     assert int(r.headers["retry-after"]) > 0
 
-    server.wait_ready(timeout=240)
+    server.wait_ready(240)
     assert _chat(server, key).status_code == 200
     new_pid = server.engine_pid()
     assert new_pid is not None and new_pid != pid
