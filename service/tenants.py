@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
@@ -26,6 +25,7 @@ from adapters.service import AdapterService
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.registry.db import Registry
 from core.registry.models import ApiKey, Tenant, utcnow
+from ingest.vector_store import ChunkStore
 from service.policy import Policy
 
 TENANT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -66,14 +66,14 @@ class TenantService:
         self,
         registry: Registry,
         *,
-        store: Any = None,
+        store: ChunkStore | None = None,
         data_roots: Sequence[Path] = (),
         adapters: AdapterService | None = None,
     ) -> None:
         """`store`, `data_roots` (the folders holding a folder per tenant: uploads, adapters)
         and `adapters` are what `remove` clears beside the registry's rows."""
         self.registry = registry
-        self.store = store  # ingest.vector_store.ChunkStore
+        self.store = store
         self.data_roots = tuple(data_roots)
         self.adapters = adapters
 
