@@ -48,7 +48,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check service adapters ingest tests bench deploy
+	$(VENV)/bin/ruff check core ingest adapters service tests bench deploy examples
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV)
