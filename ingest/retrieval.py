@@ -21,6 +21,10 @@ class Retrieval:
     def top_score(self) -> float | None:
         return self.hits[0].score if self.hits else None
 
+    def above(self, floor: float) -> list[Hit]:
+        """The hits that may reach the model under this floor, in retrieval order."""
+        return [h for h in self.hits if h.score >= floor]
+
 
 class Retriever:
     def __init__(self, store: ChunkStore, embedder: Embedder, documents: DocumentService) -> None:
@@ -47,7 +51,7 @@ class Retriever:
                 vector = self.embedder.query(query)
                 steps["embed"] = time.perf_counter() - started
             searched = time.perf_counter()
-            hits = self.store.search(tenant_id, vector, top_k, exclude=hidden)
+            hits = self.store.search(tenant_id, vector, top_k, exclude=hidden, text=query)
             steps["search"] = time.perf_counter() - searched
         except APIError:
             raise

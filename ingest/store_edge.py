@@ -182,6 +182,7 @@ class EdgeChunkStore(DeletesByFilter):
         *,
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
+        text: str | None = None,
     ) -> list[Hit]:
         require_tenant(tenant_id)
         shard = self._shard

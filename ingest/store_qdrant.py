@@ -147,6 +147,7 @@ class ServerChunkStore(DeletesByFilter):
         *,
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
+        text: str | None = None,
     ) -> list[Hit]:
         require_tenant(tenant_id)
         store = self._store

@@ -77,9 +77,11 @@ class ChunkStore(Protocol):
         *,
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
+        text: str | None = None,
     ) -> list[Hit]:
         """The tenant's `top_k` nearest chunks (cosine, best first), at least `min_score`, none of
-        the (document_id, version) pairs in `exclude`."""
+        the (document_id, version) pairs in `exclude`. `text`: the query's words, for stores
+        that also match terms (sparse vectors); a store that does not ignores it."""
         ...
 
     def delete_version(self, tenant_id: str, document_id: str, version: int) -> None: ...

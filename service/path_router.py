@@ -151,7 +151,7 @@ class PathRouter:
         return Signals(candidates, match, retrieval, None)
 
     def _with_context(self, decision, adapter, policy: Policy, retrieval) -> Routed:
-        hits = [h for h in retrieval.hits if h.score >= policy.min_score]
+        hits = retrieval.above(policy.min_score)
         texts = fit_to_budget([h.text for h in hits], [h.tokens for h in hits],
                               policy.context_max_tokens, self.count_tokens)
         if not texts:
