@@ -79,10 +79,10 @@ class Example:
 
 
 EXAMPLES = {
-    # programs at most 59 SmolLM2 tokens; the manual ~3.2k tokens
+    # programs at most 59 SmolLM2 tokens (mean 27); the manual 3,231 tokens
     "dsl": Example("Skerry", REPO / "examples" / "dsl", "skerry", 96, 4096),
-    # programs at most 260 characters (~120 tokens); the manual ~10.7k characters
-    "brisling": Example("Brisling", REPO / "examples" / "brisling", "brisling", 192, 6144),
+    # programs at most 100 SmolLM2 tokens (mean 47); the manual 3,282 tokens
+    "brisling": Example("Brisling", REPO / "examples" / "brisling", "brisling", 160, 4096),
 }
 
 
@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         help="cap the new training at this many steps (default: the training's own default)",
     )
     p.add_argument("--limit", type=int, default=60, help="test rows (of 60)")
-    p.add_argument("--max-tokens", type=int, help="default: the example's (Skerry 96)")
+    p.add_argument(
+        "--max-tokens", type=int, help="default: the example's (Skerry 96, Brisling 160)"
+    )
     p.add_argument(
         "--top-k",
         type=int,
@@ -291,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     rag = {"top_k": args.top_k, "min_score": 0.0, "context_max_tokens": 200 * args.top_k}
     prefix = args.example
     try:
-        # The whole manual (3-4k tokens) needs more than the default 2048-token context (SmolLM2
-        # has 8192).
+        # The whole manual (~3.3k tokens) needs more than the default 2048-token context
+        # (SmolLM2 has 8192).
         with (
             served_ragtune(
                 tmp,
