@@ -392,7 +392,8 @@ def kinds(rules) -> list[str]:
         for s in stmts:
             if isinstance(s, When):
                 found.add("when")
-                found.add("else") if s.otherwise else None
+                if s.otherwise:
+                    found.add("else")
                 if any(isinstance(x, When) for x in s.then):
                     found.add("nested")
                 cond(s.cond)
