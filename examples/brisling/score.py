@@ -8,10 +8,9 @@ else by line order.
 
 Extraction rule (chat models wrap code in fences and prose):
 1. If the reply has a fenced block (```...```), the program is the first such block.
-2. Otherwise the program runs from the first line that starts with `rule "` (after leading
-   spaces and inline backticks) to the last line that closes a brace, "}" (prose before and after
-   is dropped).
-3. If there is no such line, the whole reply is the program (and is scored invalid unless it
+2. Otherwise the program runs from the first `rule "` to the last "}" of the reply (prose
+   before and after is dropped; inline backticks are dropped first).
+3. If there is no `rule "`, the whole reply is the program (and is scored invalid unless it
    parses).
 A program is correct when it is equivalent (lang.equivalent) to the reference: same rules in the
 same order, same names, and blocks that do the same thing (see lang.canonical).
@@ -27,20 +26,20 @@ from pathlib import Path
 from lang import equivalent, is_valid
 
 _FENCE = re.compile(r"```[^\n`]*\n?(.*?)(?:```|$)", re.S)
-_START = re.compile(r'^\s*rule\s+"')
+_START = re.compile(r'\brule\s+"')
 
 
 def extract_program(reply: str) -> str:
     fenced = _FENCE.search(reply)
     if fenced:
         return fenced.group(1).strip()
-    lines = reply.replace("`", "").splitlines()
-    start = next((i for i, line in enumerate(lines) if _START.match(line)), None)
+    text = reply.replace("`", "")
+    start = _START.search(text)
     if start is None:
         return reply.strip()
-    ends = [i for i in range(start, len(lines)) if lines[i].rstrip().endswith("}")]
-    end = ends[-1] if ends else len(lines) - 1
-    return "\n".join(lines[start : end + 1]).strip()
+    text = text[start.start() :]
+    end = text.rfind("}")
+    return (text[: end + 1] if end >= 0 else text).strip()
 
 
 def score(predictions: list[str], test_rows: list[dict]) -> dict:
