@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters.training_record import Trained, trained_from
 from core.errors import NotFound
 from core.registry.db import Registry
 from core.registry.models import Adapter, AdapterVersion
@@ -35,6 +36,9 @@ class ServedAdapter:
     description: str = ""
     # (examples, dim) float32: the embedded description and examples (empty: none)
     vectors: np.ndarray = field(default_factory=lambda: _NO_VECTORS, compare=False, repr=False)
+    # From the version's training record: None = it has none (served with the policy's
+    # context); `trained.context` None = trained without retrieved context.
+    trained: Trained | None = None
 
     @property
     def label(self) -> str:
@@ -43,7 +47,8 @@ class ServedAdapter:
     @classmethod
     def of(cls, v: AdapterVersion) -> ServedAdapter:
         """Without its vectors: routing reads them through `AdapterCatalog.served_in`."""
-        return cls(v.tenant_id, v.name, v.version, v.engine_name, v.path, v.description)
+        return cls(v.tenant_id, v.name, v.version, v.engine_name, v.path, v.description,
+                   trained=trained_from(v.training))
 
 
 def live_adapter(s: Session, tenant_id: str, name: str) -> Adapter:
@@ -58,10 +63,13 @@ def live_adapter(s: Session, tenant_id: str, name: str) -> Adapter:
 class AdapterCatalog:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # A ready version's vectors never change (they are written before it is routable), so
-        # the routing path reads them from the registry once per (engine name, creation time):
-        # a re-registered name after a delete is another version with another time.
-        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        # A ready version's vectors and training record never change (they are written before
+        # it is routable), so the routing path reads them from the registry once per (engine
+        # name, creation time): a re-registered name after a delete is another version with
+        # another time.
+        self._vectors: OrderedDict[tuple[str, str], tuple[np.ndarray, Trained | None]] = (
+            OrderedDict()
+        )
         self._vectors_lock = threading.Lock()
 
     def get(self, tenant_id: str, name: str) -> dict:
@@ -107,29 +115,38 @@ class AdapterCatalog:
         if name is not None:
             q = q.where(Adapter.name == name)
         rows = s.execute(q.order_by(Adapter.name)).all()
-        return [ServedAdapter(r.tenant_id, r.name, r.version, r.engine_name, r.path,
-                              r.description, self._vectors_of(s, r)) for r in rows]
+        out = []
+        for r in rows:
+            vectors, trained = self._fixed_of(s, r)
+            out.append(ServedAdapter(r.tenant_id, r.name, r.version, r.engine_name, r.path,
+                                     r.description, vectors, trained))
+        return out
 
-    def _vectors_of(self, s: Session, v) -> np.ndarray:
-        """`v`: a row of the version's key columns, engine_name and created_at."""
+    def _fixed_of(self, s: Session, v) -> tuple[np.ndarray, Trained | None]:
+        """What never changes of a ready version: its vectors and its training record.
+        `v`: a row of the version's key columns, engine_name and created_at."""
         key = (v.engine_name, v.created_at.isoformat())
         with self._vectors_lock:
             found = self._vectors.get(key)
             if found is not None:
                 self._vectors.move_to_end(key)
                 return found
-        rows = s.scalar(
-            select(AdapterVersion.example_vectors).where(
+        row = s.execute(
+            select(AdapterVersion.example_vectors, AdapterVersion.training).where(
                 AdapterVersion.tenant_id == v.tenant_id, AdapterVersion.name == v.name,
                 AdapterVersion.version == v.version,
             )
-        )
-        vectors = np.asarray(rows, dtype=np.float32) if rows else _NO_VECTORS
+        ).first()
+        if row is None:  # deleted since the caller's read (PostgreSQL's read committed)
+            return _NO_VECTORS, None
+        vectors = (np.asarray(row.example_vectors, dtype=np.float32) if row.example_vectors
+                   else _NO_VECTORS)
+        fixed = (vectors, trained_from(row.training))
         with self._vectors_lock:
-            self._vectors[key] = vectors
+            self._vectors[key] = fixed
             while len(self._vectors) > VECTOR_CACHE_SIZE:
                 self._vectors.popitem(last=False)
-        return vectors
+        return fixed
 
 
 def _view(adapter: Adapter, versions, with_versions: bool = True) -> dict:
@@ -145,13 +162,14 @@ def _view(adapter: Adapter, versions, with_versions: bool = True) -> dict:
         "size_bytes": current.size_bytes,
         "description": current.description,
         "examples": current.examples,
+        "training": current.training,
         "created_at": current.created_at.isoformat(),
         "updated_at": adapter.updated_at.isoformat(),
     }
     if with_versions:
         out["versions"] = [
             {"version": v.version, "status": v.state, "rank": v.rank, "size_bytes": v.size_bytes,
-             "created_at": v.created_at.isoformat(),
+             "training": v.training, "created_at": v.created_at.isoformat(),
              "retired_at": v.retired_at.isoformat() if v.retired_at else None}
             for v in versions
         ]

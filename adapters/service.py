@@ -25,7 +25,7 @@ from adapters.catalog import AdapterCatalog, ServedAdapter, live_adapter
 from adapters.hotswap import EngineAdapters, engine_name
 from adapters.metadata import check_metadata
 from adapters.reconcile import Reconciler
-from adapters.staging import Staging
+from adapters.staging import Staged, Staging
 from adapters.validation import AdapterInfo
 from core.errors import Conflict, InvalidRequest
 from core.registry.db import Registry
@@ -74,17 +74,19 @@ class AdapterService:
         )
 
     async def _register_staged(
-        self, tenant_id: str, stage: Callable[[Path], tuple[Path, AdapterInfo]],
+        self, tenant_id: str, stage: Callable[[Path], Staged],
         name: object, description: object, examples: object,
     ) -> dict:
         """The fields are checked before a byte of the adapter is stored; `stage` (blocking)
-        puts the validated adapter in the staging folder it is given."""
+        puts the validated adapter, and its checked training record, in the staging folder it
+        is given."""
         examples = check_metadata(name, description, examples, limits=self.limits,
                                   base_model_name=self.settings.base_model_name)
         async with self.staging.folder() as staging:
-            folder, info = await asyncio.to_thread(stage, staging)
-            return await self.register(tenant_id, folder, info, name=name,
-                                       description=description, examples=examples)
+            staged = await asyncio.to_thread(stage, staging)
+            return await self.register(tenant_id, staged.folder, staged.info, name=name,
+                                       description=description, examples=examples,
+                                       training=staged.training)
 
     def get(self, tenant_id: str, name: str) -> dict:
         return self.catalog.get(tenant_id, name)
@@ -111,10 +113,12 @@ class AdapterService:
         name: str,
         description: str,
         examples: list[str],
+        training: dict | None = None,
     ) -> dict:
-        """`folder` is validated and lies in a staging dir this call now owns."""
+        """`folder` is validated and lies in a staging dir this call now owns; `training`: its
+        checked training record (adapters/training_record.py), None when it has none."""
         version, final = await asyncio.to_thread(self._reserve, tenant_id, name, info,
-                                                 description, examples)
+                                                 description, examples, training)
         ename = engine_name(tenant_id, name, version)
         loaded = False
         try:
@@ -135,15 +139,16 @@ class AdapterService:
             self._retire_later(previous)
         return await asyncio.to_thread(self.get, tenant_id, name)
 
-    def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples):
+    def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples, training):
         try:
-            return self._reserve_once(tenant_id, name, info, description, examples)
+            return self._reserve_once(tenant_id, name, info, description, examples, training)
         except IntegrityError:
             # A new name created by another registration since this one looked (FOR UPDATE
             # locks no row that does not exist yet): once more, now locking that row.
-            return self._reserve_once(tenant_id, name, info, description, examples)
+            return self._reserve_once(tenant_id, name, info, description, examples, training)
 
-    def _reserve_once(self, tenant_id, name, info: AdapterInfo, description, examples):
+    def _reserve_once(self, tenant_id, name, info: AdapterInfo, description, examples,
+                      training):
         with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None:
@@ -165,7 +170,7 @@ class AdapterService:
                     engine_name=engine_name(tenant_id, name, version), state="loading",
                     path=str(final), base_model=info.base_model, rank=info.rank,
                     size_bytes=info.size_bytes, description=description, examples=examples,
-                    example_vectors=[],
+                    example_vectors=[], training=training,
                 )
             )
         return version, final

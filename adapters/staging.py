@@ -1,6 +1,7 @@
 """Where a registration's adapter waits until it is stored: a private folder on the adapter
 root's file system (storing it is then a rename), filled from an uploaded archive or from a folder
-already under the root, validated there, and removed whatever happens."""
+already under the root, validated there (the PEFT files, and the training record when there is
+one), and removed whatever happens."""
 
 from __future__ import annotations
 
@@ -10,15 +11,27 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from adapters.archive import copy_capped_file
 from adapters.peft_files import CONFIG_NAME
+from adapters.training_record import read_training_record
 from adapters.validation import AdapterInfo, validate_adapter, validate_archive
 from core.errors import AdapterError
 from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A validated adapter in its staging folder, and its checked training record (None: the
+    folder has none)."""
+
+    folder: Path
+    info: AdapterInfo
+    training: dict | None
 
 
 class Staging:
@@ -46,7 +59,7 @@ class Staging:
         self.incoming.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=self.incoming))
 
-    def from_upload(self, upload: BinaryIO, staging: Path) -> tuple[Path, AdapterInfo]:
+    def from_upload(self, upload: BinaryIO, staging: Path) -> Staged:
         """Blocking: store the uploaded archive, refused once past the size cap, then unpack it
         into `staging/adapter` and validate it. `upload` is closed once copied: a spooled
         upload's disk space is given back before the adapter loads, not after."""
@@ -55,15 +68,16 @@ class Staging:
             copy_capped_file(upload, archive, self.limits.max_archive_bytes)
         finally:
             upload.close()
-        return validate_archive(
+        folder, info = validate_archive(
             archive,
             staging / "adapter",
             max_bytes=self.limits.max_archive_bytes,
             max_files=self.limits.max_files,
             **self._served,
         )
+        return Staged(folder, info, read_training_record(folder, param="file"))
 
-    def from_uri(self, uri: str, staging: Path) -> tuple[Path, AdapterInfo]:
+    def from_uri(self, uri: str, staging: Path) -> Staged:
         """Blocking: validate the folder `uri` names under the root, then copy it into
         `staging/adapter` and validate the copy, which is what gets stored (the source may
         change meanwhile)."""
@@ -74,7 +88,8 @@ class Staging:
         self._validate(source)
         target = staging / "adapter"
         shutil.copytree(source, target, symlinks=True)
-        return target, self._validate(target)
+        info = self._validate(target)
+        return Staged(target, info, read_training_record(target, param="uri"))
 
     def _validate(self, folder: Path) -> AdapterInfo:
         return validate_adapter(folder, max_bytes=self.limits.max_archive_bytes, **self._served)

@@ -4,13 +4,20 @@ context that path gives the model.
 Signals: the retrieval top score over the tenant's current chunks, and the similarity of the
 query to each of the tenant's adapters' declared purpose (description and examples, embedded at
 registration). The query is embedded once and serves both.
+
+The context an adapter_rag answer gets follows the adapter's training record (`ContextPlan`): an
+adapter trained with retrieved context gets the top_k, floor and budget it was trained with, one
+trained without gets none, unless the tenant's policy says `adapter_context: "policy"`; an
+adapter without a record gets the policy's, as the rag path does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -52,6 +59,34 @@ class Signals:
     match: tuple[ServedAdapter, float] | None
     retrieval: Retrieval | None
     down: RetrievalUnavailable | None
+    # For a second, wider search (an adapter trained with a larger top_k than the policy's):
+    # what the first one was given, so that one needs neither the registry nor the embedder.
+    hidden: list[tuple[str, int]] | None = None
+    vector: object = None
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """The context a path gives the model: how many chunks, above which floor, in which
+    budget, and where those figures come from (`context_from`): the adapter's training record,
+    the tenant's policy, or none at all (an adapter trained without retrieved context)."""
+
+    source: Literal["adapter", "policy", "none"]
+    top_k: int = 0
+    min_score: float = 0.0
+    max_tokens: int = 0
+
+
+def context_plan(policy: Policy, adapter: ServedAdapter | None) -> ContextPlan:
+    """The policy's context unless an adapter with a training record serves and the policy
+    lets its record decide (`adapter_context: "trained"`, the default)."""
+    trained = adapter.trained if adapter is not None else None
+    if trained is None or policy.adapter_context == "policy":
+        return ContextPlan("policy", policy.top_k, policy.min_score, policy.context_max_tokens)
+    if trained.context is None:
+        return ContextPlan("none")
+    c = trained.context
+    return ContextPlan("adapter", c.top_k, c.min_score, c.context_max_tokens)
 
 
 class PathRouter:
@@ -93,7 +128,7 @@ class PathRouter:
         # One hop to a worker thread for every blocking step (registry reads, the query's
         # embedding, the search): each hop waits for the event loop, which is busy under load.
         sig = await asyncio.to_thread(
-            self._signals, tenant_id, query, policy.top_k, with_adapters, steps
+            self._signals, tenant_id, query, policy, with_adapters, named, steps
         )
         if sig.down is not None and policy.on_retrieval_error == "fail":
             raise sig.down
@@ -120,11 +155,35 @@ class PathRouter:
             return _degraded(decision, adapter, down)
         if decision.path == "prompt":
             return Routed(decision)
-        return self._with_context(decision, adapter, policy, retrieval)
+        plan = context_plan(policy, adapter if decision.path == "adapter_rag" else None)
+        if plan.top_k > policy.top_k and len(retrieval.hits) >= policy.top_k:
+            # Trained with more chunks than the policy retrieves: search again, wider. (Never
+            # for prompt and rag, which keep exactly the policy's retrieval.)
+            try:
+                retrieval = await asyncio.to_thread(
+                    self._search_wider, tenant_id, query, plan.top_k, sig, steps
+                )
+            except RetrievalUnavailable as exc:
+                if policy.on_retrieval_error == "fail":
+                    raise
+                return _degraded(decision, adapter, exc)
+            self.metrics.observe_retrieval(retrieval.seconds)
+        return self._with_context(decision, adapter, plan, retrieval)
+
+    def _search_wider(
+        self, tenant_id: str, query: str, top_k: int, sig: Signals, steps: dict[str, float]
+    ) -> Retrieval:
+        """Sync (a worker thread): the search again with `top_k`, reusing what the signals'
+        search was given; its seconds are added to the steps the first one counted."""
+        more: dict[str, float] = {}
+        retrieval = self.retriever.retrieve(tenant_id, query, top_k, sig.hidden, sig.vector, more)
+        for name, seconds in more.items():
+            steps[name] = steps.get(name, 0.0) + seconds
+        return retrieval
 
     def _signals(
-        self, tenant_id: str, query: str, top_k: int, with_adapters: bool,
-        steps: dict[str, float],
+        self, tenant_id: str, query: str, policy: Policy, with_adapters: bool,
+        named: ServedAdapter | None, steps: dict[str, float],
     ) -> Signals:
         """Sync (a worker thread). One registry transaction reads the tenant's adapters and
         what of its knowledge base is readable; then the query is embedded once, and only when
@@ -138,8 +197,14 @@ class PathRouter:
             candidates = self.adapters.served_in(s, tenant_id) if with_adapters else []
             hidden = self.retriever.documents.readable_in(s, tenant_id)
         steps["registry"] = time.perf_counter() - started
+        top_k = policy.top_k
+        # An adapter that may serve was trained with more chunks than the policy retrieves: the
+        # query's vector is kept for the wider search that serving it takes.
+        wider = hidden is not None and any(
+            context_plan(policy, a).top_k > top_k for a in ([named] if named else candidates)
+        )
         vector = None  # else the search embeds the query, if there is anything to search
-        if any(len(a.vectors) for a in candidates):
+        if wider or any(len(a.vectors) for a in candidates):
             started = time.perf_counter()
             vector = self.retriever.embedder.query(query)
             steps["embed"] = time.perf_counter() - started
@@ -148,15 +213,36 @@ class PathRouter:
             retrieval = self.retriever.retrieve(tenant_id, query, top_k, hidden, vector, steps)
         except RetrievalUnavailable as exc:
             return Signals(candidates, match, None, exc)
-        return Signals(candidates, match, retrieval, None)
+        return Signals(candidates, match, retrieval, None, hidden, vector)
 
-    def _with_context(self, decision, adapter, policy: Policy, retrieval) -> Routed:
-        hits = retrieval.above(policy.min_score)
+    def _with_context(self, decision, adapter, plan: ContextPlan, retrieval) -> Routed:
+        decision.signals["context_from"] = plan.source
+        if plan.source == "none":
+            decision.reason += (
+                f"; adapter {adapter.label} was trained without retrieved context, so it "
+                "answers without passages (the policy's adapter_context 'policy' would give "
+                "it the policy's)"
+            )
+            decision.signals["chunks"] = 0
+            return Routed(decision, adapter)
+        decision.signals["top_k"] = plan.top_k
+        decision.signals["min_score"] = round_signal(plan.min_score)
+        decision.signals["context_max_tokens"] = plan.max_tokens
+        if plan.source == "adapter":
+            decision.reason += (
+                f"; with the context adapter {adapter.label} was trained with (top {plan.top_k} "
+                f"chunks, floor {plan.min_score:.2f}, {plan.max_tokens} tokens)"
+            )
+        # The first top_k of what was retrieved (the policy's retrieval may hold more than an
+        # adapter was trained with), then the one floor rule.
+        hits = dataclasses.replace(retrieval, hits=retrieval.hits[: plan.top_k]).above(
+            plan.min_score
+        )
         texts = fit_to_budget([h.text for h in hits], [h.tokens for h in hits],
-                              policy.context_max_tokens, self.count_tokens)
+                              plan.max_tokens, self.count_tokens)
         if not texts:
             decision.reason += (
-                f"; no chunk scored above the floor {policy.min_score:.2f}, "
+                f"; no chunk scored above the floor {plan.min_score:.2f}, "
                 "so the model answers without context"
             )
         decision.signals["chunks"] = len(texts)

@@ -47,6 +47,15 @@ class Policy(BaseModel):
     tokens_per_day: int | None = Field(
         None, ge=1, description="Prompt + completion tokens per UTC day; unset: unlimited."
     )
+    adapter_context: Literal["trained", "policy"] = Field(
+        "trained",
+        description=(
+            "adapter_rag: 'trained' gives an adapter with a training record the context it was "
+            "trained with (its top_k, floor and budget; none at all when it was trained without "
+            "retrieved context); 'policy' gives every adapter this policy's top_k, min_score "
+            "and context_max_tokens. An adapter without a record always gets the policy's."
+        ),
+    )
     adapter_match_min: float = Field(
         0.5, ge=-1, le=1,
         description="auto: a query this similar to an adapter's examples takes that adapter.",

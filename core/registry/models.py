@@ -172,6 +172,9 @@ class AdapterVersion(Base):
     examples: Mapped[list] = mapped_column(JSON, default=list)
     # Embeddings of the description and examples (the policy's adapter-match signal).
     example_vectors: Mapped[list] = mapped_column(JSON, default=list)
+    # The checked training record (adapters/training_record.py) uploaded with this version;
+    # None: it came without one (trained elsewhere, or registered before records existed).
+    training: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -50,11 +50,50 @@ REGISTER_ADAPTER_BODY = {
 AdapterStatus = Literal["loading", "ready", "retired"]
 
 
+class TrainingContext(ResponseBody):
+    """The retrieved context the adapter was trained with (as `ragtune adapters train` wrote it)."""
+
+    top_k: int = Field(description="Chunks per sample; served as its top_k.")
+    min_score: float = Field(description="The floor chunks had to clear; served as its floor.")
+    context_max_tokens: int = Field(description="The context budget; served as its budget.")
+    share: float = Field(description="Share of the training samples that carried context.")
+    oracle_free_share: float = Field(
+        description="Share of the samples with context whose passages lacked the answer's one."
+    )
+    retrieval: Literal["dense", "hybrid"] | None = None
+
+
+class TrainingLoss(ResponseBody):
+    before: float
+    after: float
+    held_out_no_context: float | None = None
+    held_out_with_context: float | None = None
+
+
+class TrainingRecord(ResponseBody):
+    """The training record uploaded with a version (`ragtune_training.json` beside the PEFT
+    files); null on a version that came without one."""
+
+    format: Literal[1]
+    base_model: str
+    context: TrainingContext | None = Field(
+        description="null: trained without retrieved context (served without passages unless "
+        "the tenant's policy says adapter_context 'policy')."
+    )
+    steps: int
+    seconds: float
+    samples: int
+    loss: TrainingLoss
+
+
 class AdapterVersionInfo(ResponseBody):
     version: int
     status: AdapterStatus
     rank: int
     size_bytes: int
+    training: TrainingRecord | None = Field(
+        None, description="How this version was trained; null: it came without a record."
+    )
     created_at: str = Field(description="ISO 8601.")
     retired_at: str | None = Field(description="When traffic left it; null if it never did.")
 
@@ -71,6 +110,9 @@ class AdapterSummary(ResponseBody):
     size_bytes: int
     description: str
     examples: list[str]
+    training: TrainingRecord | None = Field(
+        None, description="How the current version was trained; null: it came without a record."
+    )
     created_at: str = Field(description="When the current version was registered (ISO 8601).")
     updated_at: str = Field(description="When the adapter last changed (ISO 8601).")
 
