@@ -139,7 +139,8 @@ class AdapterService:
             self._retire_later(previous)
         return await asyncio.to_thread(self.get, tenant_id, name)
 
-    def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples, training):
+    def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples,
+                 training=None):
         try:
             return self._reserve_once(tenant_id, name, info, description, examples, training)
         except IntegrityError:
@@ -148,7 +149,7 @@ class AdapterService:
             return self._reserve_once(tenant_id, name, info, description, examples, training)
 
     def _reserve_once(self, tenant_id, name, info: AdapterInfo, description, examples,
-                      training):
+                      training=None):
         with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None:
