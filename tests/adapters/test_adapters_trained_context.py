@@ -191,7 +191,11 @@ def test_adapter_rag_uses_the_trained_top_k_floor_and_budget(client, tmp_path):
     tid, headers = tenant_with_documents(client, {"top_k": 1, "min_score": 0.99})
     assert register(client, headers, archive(tmp_path, mutate=with_record(RECORD))).status_code \
         == 201
+    embedder = client.app.state.ragtune.chat.router.retriever.embedder
+    embedded, real = [], embedder.query
+    embedder.query = lambda text: embedded.append(text) or real(text)
     out = ask(client, headers, QUESTION, model="warelang")
+    assert embedded == [QUESTION]  # the wider search reuses the signals' query vector
     route = out["route"]
     assert route["path"] == "adapter_rag" and route["adapter"] == "warelang@1"
     s = route["signals"]
