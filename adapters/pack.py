@@ -11,7 +11,9 @@ from adapters.peft_files import CONFIG_NAME
 
 
 def pack_adapter(folder: Path) -> bytes:
-    """A .tar.gz (in memory) of an adapter folder's regular files, paths relative to it."""
+    """A .tar.gz (in memory) of an adapter folder's regular files, paths relative to it: the
+    PEFT files and, when `adapters train` wrote one, the training record (TRAINING_NAME), which
+    the server checks and keeps so that the adapter is served the context it was trained with."""
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}")
