@@ -40,19 +40,45 @@ prompt score) over the range of the signal on those rows, negative when the clas
 larger meaning a threshold has more room. Printed: per-query scores with --scores, one table,
 and the queries each signal gets wrong.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/hybrid.py [--scores]
+Then the same, with the top score as the service computes it in each retrieval mode: `hybrid`
+is `top_score` of ragtune's own Edge store searched in hybrid mode (dense + BM25 terms fused by
+Qdrant's RRF): it is the dense top by construction, and the table shows it.
+
+Fact recall (the Halvard DSL tenant, served as ragtune serves it: its manual in an Edge store,
+searched through `Retriever`-equivalent calls, the floor applied by `Retrieval.above`): the
+share of tasks whose needed codes all reach the model, at serving k (the first k hits, then the
+floor), dense vs hybrid, for each k in --ks. Three query kinds:
+
+- names: the 20 rows of examples/dsl/data/test.jsonl with `needs_manual` (a product or zone
+  named in words, "salted butter", "the returns dock"; its code is in the manual only). A fact
+  is served when one served chunk holds both the name and its code (the catalogue or zone line).
+- codes: one question per catalogue product and zone naming its code ("Which product has SKU
+  F3362, and where is it stored?"); served when a chunk holds the code and its name.
+- prose: the manual questions labelled `rag` in labeled_queries.jsonl, each with the manual's
+  line that answers it (PROSE_ANSWERS); served when a chunk holds that line.
+
+Floors: the policy's default 0.35 (`Policy().min_score`) with the service's rule
+(`Retrieval.above`: cosine, or a term hit holding a query identifier, or a term hit within
+0.1 of the floor) and the plain cosine rule for comparison. "oracle" is the best any ranking
+can do at k (some tasks need facts from up to four pages). Goal: fact recall >= 0.95 for the
+chosen mode.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/hybrid.py [--scores] [--ks 2,3,4,6,8]
 
 Needs `bm25s` and `PyStemmer` (the dev extra, which `make install` installs).
-Runs on one torch thread: about 10 s on a 2-core machine, most of it loading the model.
+Runs on one torch thread: about 20 s on a 2-core machine, most of it loading the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -65,9 +91,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.settings import ChunkingSettings, EmbeddingSettings  # noqa: E402
+from core.settings import ChunkingSettings, EmbeddingSettings, QdrantSettings  # noqa: E402
 from ingest.pipeline import ChunkPipeline  # noqa: E402
 from ingest.readers import content_type_for, read_sections  # noqa: E402
+from ingest.retrieval import Retrieval  # noqa: E402
+from ingest.vector_store import Chunk, chunk_id  # noqa: E402
 from service.policy import Policy  # noqa: E402
 
 EX = REPO / "examples"
@@ -77,8 +105,19 @@ TENANTS: dict[str, tuple[Path, Path | None]] = {
     "zephyr": (EX / "policy_docs" / "labeled_queries.jsonl", EX / "policy_docs" / "docs"),
     "plain": (EX / "plain" / "labeled_queries.jsonl", None),
 }
-SIGNALS = ("dense", "bm25", "bm25n", "mean", "either", "dense@0.35")
+SIGNALS = ("dense", "hybrid", "bm25", "bm25n", "mean", "either", "dense@0.35")
 DEFAULT_FLOOR = Policy().min_score
+# The labelled manual questions (path rag) and the manual line that answers each.
+PROSE_ANSWERS = {
+    "Which zone holds frozen goods?": "`@FZ1`: the main freezer",
+    "What does reason code !RCL mean?": "`!RCL`: supplier recall",
+    "What is the SKU of salted butter?": "salted butter, 250 g: `C1203`",
+    "Which dock handles returns?": "`@D4`: the returns dock",
+    "Where is ice cream stored in the Trondheim warehouse?": "`@FZ2`: the deep-freeze room",
+    "How often must the chilled zones be counted under house policy?":
+        "House policy: count the frozen and chilled zones",
+    "What product family do SKUs starting with A9 belong to?": "`A9...` non-food",
+}
 END_MARGIN = 0.05  # thresholds tried beyond the lowest and highest score (as calibrate does)
 
 
@@ -89,6 +128,7 @@ class Row:
     dense: float
     bm25: float
     bm25n: float
+    hybrid: float = float("nan")  # top_score of ragtune's store searched in hybrid mode
 
     @property
     def relevant(self) -> bool:
@@ -155,6 +195,101 @@ class BM25Index:
         bound = sum(self.idf.get(t, self.unseen_idf) for t in toks)
         assert top <= bound + 1e-4, (query, top, bound)
         return top, top / bound
+
+
+class Served:
+    """One tenant's chunks in ragtune's embedded store (hybrid mode: term vectors stored too),
+    searched as the service searches: dense (no text) or hybrid (the query's text)."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray, root: Path) -> None:
+        from ingest.store_edge import EdgeChunkStore
+
+        self.store = EdgeChunkStore(root, QdrantSettings(path=root, retrieval="hybrid"))
+        self.store.ensure_collection(vectors.shape[1])
+        self.store.upsert([
+            Chunk(id=chunk_id("t", "kb", 1, i), tenant_id="t", document_id="kb", version=1,
+                  chunk_index=i, text=t, source="kb", vector=v.tolist())
+            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+        ])
+
+    def search(self, vector, query: str, k: int, mode: str) -> Retrieval:
+        hits = self.store.search("t", vector, k, text=query if mode == "hybrid" else None)
+        return Retrieval(list(hits), 0.0, hits.top_score, query)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def cover(texts: list[str], facts: list[tuple[str, ...]]) -> int:
+    """The fewest chunks that hold every fact (what a perfect ranking would need to show)."""
+    holders = [{i for i, t in enumerate(texts) if all(p in t for p in fact)} for fact in facts]
+    pool = sorted(set().union(*holders))
+    for m in range(1, len(facts) + 1):
+        for combo in itertools.combinations(pool, m):
+            if all(h & set(combo) for h in holders):
+                return m
+    return len(texts) + 1  # some fact is in no chunk
+
+
+def plain_floor(retrieval: Retrieval, floor: float) -> list:
+    return [h for h in retrieval.hits if h.score >= floor]
+
+
+def fact_recall(embedder, splitter, ks: list[int], root: Path) -> None:
+    """Fact recall on the Halvard manual (see the module docstring)."""
+    sys.path.insert(0, str(EX / "dsl"))
+    gen = importlib.import_module("generate")
+    code_of = {name: sku for name, (sku, _) in gen.PRODUCTS.items()}
+    code_of |= {name: f"@{zone}" for zone, name in gen.ZONE_NAMES.items()}
+    texts = chunk_texts(EX / "dsl" / "manual", splitter)
+    vectors = np.asarray(embedder.texts(texts), dtype=np.float32)
+    served = Served(texts, vectors, root / "halvard-facts")
+    floor = DEFAULT_FLOOR
+    # kind -> [(query, facts)]; a fact is served when one served chunk holds all its strings.
+    kinds: dict[str, list[tuple[str, list[tuple[str, ...]]]]] = {
+        "names": [], "codes": [], "prose": []
+    }
+    for line in (EX / "dsl" / "data" / "test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["needs_manual"]:
+            facts = [(f, code_of[f]) for f in dict.fromkeys(row["facts"])]
+            kinds["names"].append((row["messages"][0]["content"], facts))
+    for name, (sku, _) in gen.PRODUCTS.items():
+        kinds["codes"].append((f"Which product has SKU {sku}, and where is it stored?",
+                               [(name, sku)]))
+    for zone, name in gen.ZONE_NAMES.items():
+        kinds["codes"].append((f"What is zone @{zone} used for?", [(name, f"@{zone}")]))
+    for it in labeled(EX / "dsl" / "labeled_queries.jsonl"):
+        if it["path"] == "rag":
+            kinds["prose"].append((it["query"], [(PROSE_ANSWERS[it["query"]],)]))
+    rules = {"rule": Retrieval.above, "cosine": plain_floor}
+
+    def found(facts, shown) -> bool:
+        return all(any(all(p in h.text for p in fact) for h in shown) for fact in facts)
+
+    print(f"\nfact recall, Halvard manual ({len(texts)} chunks): share of tasks whose needed "
+          f"codes all reach the model (first k hits, then the floor {floor:.2f});")
+    print("'rule' = Retrieval.above (the service's floor rule), 'cosine' = score >= floor only; "
+          "chunks = mean chunks served")
+    head = f"{'kind':6} {'n':>3} {'k':>2} {'oracle':>6} " + " ".join(
+        f"{m + '/' + r:>14} {'chunks':>6}" for m in ("dense", "hybrid") for r in rules)
+    print(head)
+    print("-" * len(head))
+    for kind, tasks in kinds.items():
+        qv = [(q, embedder.query(q), facts) for q, facts in tasks]
+        for k in ks:
+            cells = []
+            oracle = sum(cover(texts, facts) <= k for _, _, facts in qv) / len(qv)
+            for mode in ("dense", "hybrid"):
+                for floor_rule in rules.values():
+                    ok = chunks = 0
+                    for q, v, facts in qv:
+                        shown = floor_rule(served.search(v, q, k, mode), floor)
+                        chunks += len(shown)
+                        ok += found(facts, shown)
+                    cells.append(f"{ok / len(qv):>14.3f} {chunks / len(qv):>6.2f}")
+            print(f"{kind:6} {len(qv):>3} {k:>2} {oracle:>6.2f} " + " ".join(cells))
+    served.close()
 
 
 def auc(scores: list[float], positive: list[bool]) -> float:
@@ -239,7 +374,9 @@ def evaluate(signal: str, rows: list[Row]) -> Fit:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scores", action="store_true", help="print every query's signals too")
+    ap.add_argument("--ks", default="2,3,4,6,8", help="serving k for fact recall")
     args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ragtune-hybrid-"))
     started = time.perf_counter()
 
     import torch
@@ -268,12 +405,16 @@ def main() -> int:
         vectors = np.asarray(embedder.texts(texts), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         bm25 = BM25Index(texts)
+        served = Served(texts, vectors, root / tenant)
         rows = []
         for it in items:
             q = np.asarray(embedder.query(it["query"]), dtype=np.float32)
             q /= np.linalg.norm(q)
             top, share = bm25.top(it["query"])
-            rows.append(Row(it["query"], it["path"], float(np.max(vectors @ q)), top, share))
+            hybrid = served.search(q.tolist(), it["query"], 3, "hybrid").top_score
+            rows.append(Row(it["query"], it["path"], float(np.max(vectors @ q)), top, share,
+                            hybrid if hybrid is not None else float("nan")))
+        served.close()
         per_tenant[tenant] = rows
         labels = Counter("relevant" if r.relevant else "prompt" for r in rows)
         print(
@@ -326,6 +467,14 @@ def main() -> int:
         for mark, i, r, s in wrong:
             print(f"  {mark}{i:>3} {r.label:11} score {s:7.3f} (dense {r.dense:.3f}, "
                   f"bm25 {r.bm25:.2f}, bm25n {r.bm25n:.3f})  {r.query}")
+    drift = max((abs(r.hybrid - r.dense) for rows in per_tenant.values() for r in rows),
+                default=0.0)
+    print(f"\nhybrid top_score vs dense top cosine: largest difference {drift:.2e} "
+          "(the routing signal is the same in both modes)")
+    try:
+        fact_recall(embedder, splitter, [int(k) for k in args.ks.split(",")], root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.1f}s (model load {loaded - started:.1f}s)")
     return 0
 

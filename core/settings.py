@@ -49,6 +49,20 @@ class QdrantSettings(BaseModel):
         None,
         description="Edge: a segment bigger than this (KB) gets its HNSW index. Unset: 10 MB.",
     )
+    retrieval: Literal["dense", "hybrid"] = Field(
+        "hybrid",
+        description=(
+            "dense: cosine over the embeddings only. hybrid: also BM25 term vectors of the chunks "
+            "(computed by the store), fused with the dense candidates by rank (Qdrant's RRF), "
+            "which finds exact names and codes the embedding misses. Either way a hit's score "
+            "is its cosine. Both modes store the term vectors: switching needs no re-index."
+        ),
+    )
+    hybrid_candidates: int = Field(
+        20,
+        ge=1,
+        description="hybrid: candidates taken from each side (dense, terms) before fusion.",
+    )
     optimize_after_points: int = Field(
         20_000,
         description=(

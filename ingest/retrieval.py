@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from core.errors import APIError, RetrievalUnavailable
 from ingest.documents import DocumentService
 from ingest.embedding import Embedder
+from ingest.sparse import holds_identifier, identifiers
 from ingest.vector_store import ChunkStore, Hit
 
 
@@ -16,14 +17,45 @@ from ingest.vector_store import ChunkStore, Hit
 class Retrieval:
     hits: list[Hit]
     seconds: float
+    # The best dense cosine of the tenant's chunks (the store's `Hits.top_score`); None: the
+    # best of `hits`. Kept apart because a hybrid search's first hit need not be the dense top.
+    dense_top: float | None = None
+    query: str | None = None  # the question searched (its identifiers count in `above`)
 
     @property
     def top_score(self) -> float | None:
-        return self.hits[0].score if self.hits else None
+        """The routing signal: the best dense cosine, whatever the search mode."""
+        if self.dense_top is not None:
+            return self.dense_top
+        return max((h.score for h in self.hits), default=None)
 
     def above(self, floor: float) -> list[Hit]:
-        """The hits that may reach the model under this floor, in retrieval order."""
-        return [h for h in self.hits if h.score >= floor]
+        """The hits that may reach the model under this floor, in retrieval order (see
+        `passes`)."""
+        names = identifiers(self.query)
+        return [h for h in self.hits if passes(h, floor, names)]
+
+
+def passes(hit: Hit, floor: float, names: set[str] = frozenset()) -> bool:
+    """The floor rule. A chunk reaches the model when its dense cosine is at least `floor`.
+    A chunk the term side of a hybrid search found (`hit.terms` set) also passes when
+    - it holds one of the query's identifiers (`names`: codes, SKUs, zone or section codes,
+      ingest/sparse.py) as written, whatever its cosine: an exact rare term the embedding does
+      not weigh (the catalogue chunk holding "C1150" scores ~0.2 against "Which product has
+      SKU C1150?"), or
+    - its cosine is at least `floor - TERM_MARGIN`: it shares words with the query (a product
+      or place named in words) and is nearly as close as the floor asks.
+    Chosen on bench/hybrid.py's fact recall (the floor alone, each half alone, both)."""
+    if hit.score >= floor:
+        return True
+    if hit.terms is None:
+        return False
+    return hit.score >= floor - TERM_MARGIN or (
+        bool(names) and holds_identifier(hit.text, names)
+    )
+
+
+TERM_MARGIN = 0.1
 
 
 class Retriever:
@@ -57,7 +89,9 @@ class Retriever:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure is the same to the caller
             raise RetrievalUnavailable(f"the knowledge base is unavailable: {exc}") from exc
-        return Retrieval(hits, time.perf_counter() - started)
+        return Retrieval(
+            hits, time.perf_counter() - started, getattr(hits, "top_score", None), query
+        )
 
 
 def citations(hits: list[Hit]) -> list[dict]:

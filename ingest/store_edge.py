@@ -13,6 +13,15 @@ Facts this is built on (qdrant-edge-py 0.9.0; its stubs and measurements in benc
 - Filtered search plans per segment: a tenant whose vectors are smaller than
   `full_scan_threshold_kb` is scored exactly through the `tenant_id` index (recall 1.0, no short
   results); a bigger tenant uses the per-tenant HNSW links (`m=0`, `payload_m`).
+- Hybrid search (ingest/vector_store.py): each point holds the dense vector (unnamed) and a BM25
+  sparse vector `text-bm25` with Qdrant's `idf` modifier, computed here from the chunk's text.
+  A hybrid search is one `query_batch` of three: the dense top-1 (the routing signal), the term
+  list alone (each hit's BM25 score), and the fusion (RRF) of a dense and a term prefetch, both
+  filtered like the dense search, returned with the dense vectors (each hit's cosine).
+- A shard made before hybrid search has no sparse vector. Opening it upgrades it in place: Edge
+  can add a named vector to a shard (`create_sparse_vector`), and the points get theirs from
+  the `text` of their payload (`update_vectors`, in batches). The backfill picks the points
+  that lack the vector, so a crash halfway is finished on the next open.
 """
 
 from __future__ import annotations
@@ -27,17 +36,20 @@ from pathlib import Path
 import qdrant_edge as qe
 
 from core.settings import QdrantSettings
+from ingest.sparse import RRF_K, SPARSE_VECTOR, document_terms, query_terms
 from ingest.vector_store import (
     DOC_VERSION_KEY,
     DOCUMENT_KEY,
     TENANT_KEY,
+    TEXT_KEY,
     Chunk,
     DeletesByFilter,
-    Hit,
+    Hits,
     VectorStoreError,
     check_chunks,
     chunk_payload,
     doc_version,
+    fuse,
     hit_from_payload,
     require_tenant,
 )
@@ -46,6 +58,7 @@ log = logging.getLogger("ragtune.vector_store")
 
 # Written by EdgeShard.create: its presence means "a shard is here".
 _CONFIG_FILE = "edge_config.json"
+_BACKFILL_BATCH = 512
 
 
 class EdgeChunkStore(DeletesByFilter):
@@ -59,9 +72,11 @@ class EdgeChunkStore(DeletesByFilter):
         self._unoptimized = 0
         if (path / _CONFIG_FILE).is_file():
             self._dim = _stored_dim(path)
-            config = self._config(self._dim) if self._dim else None
+            sparse = _stored_sparse(path)
+            config = self._config(self._dim, sparse=sparse) if self._dim else None
             # A changed tuning (hnsw, thresholds) is written over the stored config on load.
             self._shard = qe.EdgeShard.load(str(path), config)
+            self._add_term_vectors(sparse)
             info = self._shard.info()
             self._unoptimized = max(0, info.points_count - info.indexed_vectors_count)
             log.info(
@@ -73,6 +88,41 @@ class EdgeChunkStore(DeletesByFilter):
             self._optimize_if_due()
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def _add_term_vectors(self, declared: bool) -> None:
+        """Upgrade a shard from before hybrid search: declare the sparse vector, then give it
+        to every point that lacks one, from the text in its payload."""
+        shard = self._shard
+        if not declared:
+            shard.update(qe.UpdateOperation.create_sparse_vector(SPARSE_VECTOR, qe.Modifier.Idf))
+            shard.flush()
+            log.warning("Qdrant Edge store at %s had no term vectors: adding them", self.path)
+        lacking = qe.Filter(must_not=[qe.HasVectorCondition(SPARSE_VECTOR)])
+        started, done, offset = time.monotonic(), 0, None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=_BACKFILL_BATCH, filter=lacking, with_payload=[TEXT_KEY]
+                )
+            )
+            vectors = []
+            for r in records:
+                terms = document_terms((r.payload or {}).get(TEXT_KEY) or "")
+                if terms[0]:  # text of stop words only: nothing to match, no vector
+                    vectors.append(qe.PointVectors(r.id, {SPARSE_VECTOR: _sparse(terms)}))
+            if vectors:
+                shard.update(qe.UpdateOperation.update_vectors(vectors))
+                done += len(vectors)
+            if offset is None:
+                break
+        if done:
+            shard.flush()
+            log.warning(
+                "Qdrant Edge store at %s: added term vectors to %d points in %.1fs",
+                self.path,
+                done,
+                time.monotonic() - started,
+            )
 
     def ensure_collection(self, dim: int) -> None:
         with self._lock:
@@ -141,7 +191,14 @@ class EdgeChunkStore(DeletesByFilter):
         with self._lock:
             shard = self._require_shard()
             check_chunks(chunks, self._dim or len(chunks[0].vector))
-            points = [qe.Point(c.id, c.vector, chunk_payload(c)) for c in chunks]
+            points = [
+                qe.Point(
+                    c.id,
+                    {"": _floats(c.vector), SPARSE_VECTOR: _sparse(document_terms(c.text))},
+                    chunk_payload(c),
+                )
+                for c in chunks
+            ]
             shard.update(qe.UpdateOperation.upsert_points(points))
             self._written(len(points))
 
@@ -183,7 +240,7 @@ class EdgeChunkStore(DeletesByFilter):
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
         text: str | None = None,
-    ) -> list[Hit]:
+    ) -> Hits:
         require_tenant(tenant_id)
         shard = self._shard
         self._check_open()
@@ -191,22 +248,65 @@ class EdgeChunkStore(DeletesByFilter):
             return []
         if self._dim is not None and len(vector) != self._dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
+        s = self._settings
         must_not = None
         if exclude:
             excluded = sorted({doc_version(d, v) for d, v in exclude})
             must_not = [qe.FieldCondition(key=DOC_VERSION_KEY, match=qe.MatchAny(excluded))]
-        acorn = qe.AcornSearchParams(enable=True) if self._settings.acorn else None
-        points = shard.query(
-            qe.QueryRequest(
-                query=qe.Query.Nearest(vector),
-                limit=top_k,
-                filter=qe.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not),
-                with_payload=True,
-                score_threshold=min_score,
-                params=qe.SearchParams(hnsw_ef=max(self._settings.hnsw_ef, top_k), acorn=acorn),
+        flt = qe.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not)
+        vector = _floats(vector)
+        terms = query_terms(text) if s.retrieval == "hybrid" else ([], [])
+        if not terms[0]:
+            acorn = qe.AcornSearchParams(enable=True) if s.acorn else None
+            points = shard.query(
+                qe.QueryRequest(
+                    query=qe.Query.Nearest(vector),
+                    limit=top_k,
+                    filter=flt,
+                    with_payload=True,
+                    score_threshold=min_score,
+                    params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, top_k), acorn=acorn),
+                )
+            )
+            return Hits([hit_from_payload(p.id, p.score, p.payload or {}) for p in points])
+        return self._hybrid(shard, flt, vector, terms, top_k, min_score)
+
+    def _hybrid(self, shard, flt, vector, terms, top_k: int, min_score: float | None) -> Hits:
+        s = self._settings
+        depth = max(top_k, s.hybrid_candidates)
+        acorn = qe.AcornSearchParams(enable=True) if s.acorn else None
+        dense = qe.Prefetch(
+            limit=depth,
+            query=qe.Query.Nearest(vector),
+            filter=flt,
+            params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, depth), acorn=acorn),
+        )
+        sparse = qe.Query.Nearest(_sparse(terms), using=SPARSE_VECTOR)
+        top, term_list, fused = shard.query_batch(
+            qe.QueryBatchRequest(
+                [
+                    # The dense search alone, for top_score: the routing signal stays dense.
+                    qe.QueryRequest(limit=1, query=dense.query, filter=flt, params=dense.params),
+                    # The term candidates alone, for each hit's BM25 score.
+                    qe.QueryRequest(limit=depth, query=sparse, filter=flt, with_payload=False),
+                    qe.QueryRequest(
+                        limit=top_k,
+                        query=qe.Fusion.Rrf(k=RRF_K),
+                        prefetches=[dense, qe.Prefetch(limit=depth, query=sparse, filter=flt)],
+                        filter=flt,
+                        with_payload=True,
+                        with_vector=[""],
+                    ),
+                ]
             )
         )
-        return [hit_from_payload(p.id, p.score, p.payload or {}) for p in points]
+        return fuse(
+            vector,
+            [(hit_from_payload(p.id, 0.0, p.payload or {}), p.vector, p.score) for p in fused],
+            {str(p.id): p.score for p in term_list},
+            top[0].score if top else None,
+            min_score,
+        )
 
     def count(
         self, tenant_id: str, document_id: str | None = None, version: int | None = None
@@ -227,10 +327,16 @@ class EdgeChunkStore(DeletesByFilter):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _config(self, dim: int) -> qe.EdgeConfig:
+    def _config(self, dim: int, *, sparse: bool = True) -> qe.EdgeConfig:
         s = self._settings
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            # IDF: Qdrant weighs each term by its rarity among the stored points at search time.
+            sparse_vectors=(
+                {SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+                if sparse
+                else None
+            ),
             # m=0: no global graph (every query is filtered by tenant); payload_m: per-tenant links.
             hnsw_config=qe.HnswIndexConfig(
                 m=0,
@@ -254,6 +360,23 @@ class EdgeChunkStore(DeletesByFilter):
 
 def _match(key: str, value: str) -> qe.FieldCondition:
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _floats(vector) -> list[float]:
+    return vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
+
+
+def _sparse(terms: tuple[list[int], list[float]]) -> qe.SparseVector:
+    return qe.SparseVector(*terms)
+
+
+def _stored_sparse(path: Path) -> bool:
+    """Whether the shard declares its term vector (shards from before hybrid search do not)."""
+    try:
+        config = json.loads((path / _CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return True  # unreadable: let load's own check speak
+    return SPARSE_VECTOR in (config.get("sparse_vectors") or {})
 
 
 def _stored_dim(path: Path) -> int | None:

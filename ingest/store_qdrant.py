@@ -7,6 +7,19 @@ Split of the work:
 - qdrant-client does what QdrantVectorStore cannot express: the collection's multitenancy schema
   (per-tenant HNSW `m=0, payload_m`, an `is_tenant` index), exact counts, and deletes scoped by
   tenant (its `delete(ref_doc_id)` is not: document ids are only unique within a tenant).
+- Hybrid search: llama-index writes the BM25 term vector beside the dense one (its hybrid mode,
+  with ingest/sparse.py's encoder as its `sparse_doc_fn`: the same vectors Edge stores, nothing
+  from fastembed or a hub). Its hybrid *query* fuses client-side by relative score and returns
+  fused scores, not cosines, so a hybrid search is qdrant-client's `query_batch_points`: the term
+  list alone (each hit's BM25 score) and Qdrant's RRF over a dense and a term prefetch, both
+  under the search's filter, with the dense vectors (for each hit's cosine); llama-index turns
+  the points back into nodes (`parse_to_query_result`).
+- A collection made before hybrid search has no term vector. Opening it adds one
+  (`create_vector_name`, Qdrant >= 1.17 and qdrant-client's local mode) and backfills the points
+  that lack it from their text, batch by batch (a crash halfway is finished by the next open;
+  replicas opening at once write the same vectors). A server that cannot add a vector keeps
+  working dense-only, with a warning, until the collection is rebuilt (re-upload into a new
+  `collection`).
 """
 
 from __future__ import annotations
@@ -14,12 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Sequence
 
-from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient, models
 
 from core.settings import QdrantSettings
+from ingest.sparse import RRF_K, SPARSE_VECTOR, document_terms, query_terms
 from ingest.vector_store import (
     CHUNK_INDEX_KEY,
     DOC_VERSION_KEY,
@@ -32,13 +47,16 @@ from ingest.vector_store import (
     Chunk,
     DeletesByFilter,
     Hit,
+    Hits,
     VectorStoreError,
     check_chunks,
     doc_version,
+    fuse,
     require_tenant,
 )
 
 log = logging.getLogger("ragtune.vector_store")
+_BACKFILL_BATCH = 256
 
 
 class ServerChunkStore(DeletesByFilter):
@@ -48,6 +66,7 @@ class ServerChunkStore(DeletesByFilter):
         self._collection = settings.collection
         self._dim: int | None = None
         self._store: QdrantVectorStore | None = None
+        self._terms = False  # the collection has the term vector (hybrid search possible)
         self._closed = False
         if client.collection_exists(self._collection):
             self._open_existing()
@@ -67,6 +86,10 @@ class ServerChunkStore(DeletesByFilter):
                 self._client.create_collection(
                     self._collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    # IDF: Qdrant weighs each term by its rarity among the points at search time.
+                    sparse_vectors_config={
+                        SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                    },
                     # m=0: no global graph (every query filters on a tenant); links per tenant.
                     hnsw_config=models.HnswConfigDiff(
                         m=0,
@@ -103,8 +126,73 @@ class ServerChunkStore(DeletesByFilter):
         if isinstance(vectors, dict):  # named vectors: llama-index's own layout
             vectors = next(iter(vectors.values()))
         self._dim = vectors.size
-        # index_doc_id=False: our own indexes (above) cover document_id.
-        self._store = QdrantVectorStore(self._collection, client=self._client, index_doc_id=False)
+        self._terms = SPARSE_VECTOR in (params.sparse_vectors or {}) or self._add_term_vector()
+        # index_doc_id=False: our own indexes (above) cover document_id. The dense vector is
+        # the unnamed one (llama-index detects that layout); the term vector is ours.
+        self._store = QdrantVectorStore(
+            self._collection,
+            client=self._client,
+            index_doc_id=False,
+            enable_hybrid=self._terms,
+            sparse_vector_name=SPARSE_VECTOR,
+            sparse_doc_fn=_document_terms,
+            sparse_query_fn=_query_terms,
+        )
+        if self._terms:
+            self._backfill_terms()
+
+    def _add_term_vector(self) -> bool:
+        try:
+            self._client.create_vector_name(
+                self._collection,
+                SPARSE_VECTOR,
+                models.SparseVectorNameConfig(
+                    sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF)
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - an older server: dense-only, said loudly
+            log.warning(
+                "Qdrant collection %s has no term vectors and the server cannot add them "
+                "(%s): searching dense only until it is rebuilt",
+                self._collection,
+                exc,
+            )
+            return False
+        log.warning("Qdrant collection %s had no term vectors: adding them", self._collection)
+        return True
+
+    def _backfill_terms(self) -> None:
+        """Give the term vector to the points that lack one (a collection from before hybrid
+        search, or an upgrade a crash cut short), from their text."""
+        lacking = models.Filter(must_not=[models.HasVectorCondition(has_vector=SPARSE_VECTOR)])
+        done, offset = 0, None
+        while True:
+            records, offset = self._client.scroll(
+                self._collection,
+                scroll_filter=lacking,
+                limit=_BACKFILL_BATCH,
+                offset=offset,
+                with_payload=True,
+            )
+            if records:
+                self._client.update_vectors(
+                    self._collection,
+                    [
+                        models.PointVectors(
+                            id=r.id,
+                            vector={SPARSE_VECTOR: _sparse(document_terms(_text(r.payload)))},
+                        )
+                        for r in records
+                    ],
+                    wait=True,
+                )
+                done += len(records)
+            if offset is None:
+                break
+        if done:
+            log.warning(
+                "Qdrant collection %s: added term vectors to %d points", self._collection, done
+            )
 
     def ping(self) -> None:
         if self._closed:
@@ -162,13 +250,15 @@ class ServerChunkStore(DeletesByFilter):
                 models.FieldCondition(key=DOC_VERSION_KEY, match=models.MatchAny(any=excluded))
             ]
         s = self._settings
+        flt = models.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not)
+        vector = [float(x) for x in vector]
+        terms = query_terms(text) if self._terms and s.retrieval == "hybrid" else ([], [])
+        if terms[0]:
+            return self._hybrid(store, flt, vector, _sparse(terms), top_k, min_score)
         result = store.query(
-            VectorStoreQuery(query_embedding=[float(x) for x in vector], similarity_top_k=top_k),
-            qdrant_filters=models.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not),
-            search_params=models.SearchParams(
-                hnsw_ef=max(s.hnsw_ef, top_k),
-                acorn=models.AcornSearchParams(enable=True) if s.acorn else None,
-            ),
+            VectorStoreQuery(query_embedding=vector, similarity_top_k=top_k),
+            qdrant_filters=flt,
+            search_params=self._params(top_k),
         )
         hits = []
         # QdrantVectorStore.query has no score threshold; results come best first, so cutting
@@ -176,21 +266,54 @@ class ServerChunkStore(DeletesByFilter):
         for node, score in zip(result.nodes, result.similarities or [], strict=True):
             if min_score is not None and score < min_score:
                 break
-            meta = node.metadata
-            hits.append(
-                Hit(
-                    chunk_id=node.node_id,
-                    document_id=node.ref_doc_id or "",
-                    version=int(meta[VERSION_KEY]),
-                    chunk_index=int(meta[CHUNK_INDEX_KEY]),
-                    score=float(score),
-                    source=meta.get(SOURCE_KEY, ""),
-                    text=node.get_content(),
-                    metadata=meta.get(METADATA_KEY) or {},
-                    tokens=meta.get(TOKENS_KEY),
-                )
-            )
-        return hits
+            hits.append(_hit(node, score))
+        return Hits(hits)
+
+    def _hybrid(self, store, flt, vector, terms, top_k: int, min_score: float | None) -> Hits:
+        depth = max(top_k, self._settings.hybrid_candidates)
+        dense = models.Prefetch(query=vector, filter=flt, limit=depth, params=self._params(depth))
+        top, term_list, fused = self._client.query_batch_points(
+            self._collection,
+            [
+                # The dense search alone, for top_score: the routing signal stays dense.
+                models.QueryRequest(
+                    query=vector, filter=flt, limit=1, params=dense.params, with_payload=False
+                ),
+                # The term candidates alone, for each hit's BM25 score.
+                models.QueryRequest(
+                    query=terms, using=SPARSE_VECTOR, filter=flt, limit=depth, with_payload=False
+                ),
+                models.QueryRequest(
+                    prefetch=[
+                        dense,
+                        models.Prefetch(query=terms, using=SPARSE_VECTOR, filter=flt, limit=depth),
+                    ],
+                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    filter=flt,
+                    limit=top_k,
+                    with_payload=True,
+                    with_vector=[""],
+                ),
+            ],
+        )
+        nodes = store.parse_to_query_result(fused.points).nodes
+        return fuse(
+            vector,
+            [
+                (_hit(node, 0.0), node.embedding, p.score)
+                for node, p in zip(nodes, fused.points, strict=True)
+            ],
+            {str(p.id): p.score for p in term_list.points},
+            top.points[0].score if top.points else None,
+            min_score,
+        )
+
+    def _params(self, top_k: int) -> models.SearchParams:
+        s = self._settings
+        return models.SearchParams(
+            hnsw_ef=max(s.hnsw_ef, top_k),
+            acorn=models.AcornSearchParams(enable=True) if s.acorn else None,
+        )
 
     def count(
         self, tenant_id: str, document_id: str | None = None, version: int | None = None
@@ -217,23 +340,63 @@ class ServerChunkStore(DeletesByFilter):
         return self._store
 
 
+def _hit(node: BaseNode, score: float) -> Hit:
+    meta = node.metadata
+    return Hit(
+        chunk_id=node.node_id,
+        document_id=node.ref_doc_id or "",
+        version=int(meta[VERSION_KEY]),
+        chunk_index=int(meta[CHUNK_INDEX_KEY]),
+        score=float(score),
+        source=meta.get(SOURCE_KEY, ""),
+        text=node.get_content(),
+        metadata=meta.get(METADATA_KEY) or {},
+        tokens=meta.get(TOKENS_KEY),
+    )
+
+
 def _node(chunk: Chunk) -> TextNode:
+    metadata = {
+        TENANT_KEY: chunk.tenant_id,
+        VERSION_KEY: chunk.version,
+        DOC_VERSION_KEY: doc_version(chunk.document_id, chunk.version),
+        CHUNK_INDEX_KEY: chunk.chunk_index,
+        SOURCE_KEY: chunk.source,
+        METADATA_KEY: dict(chunk.metadata),
+        TOKENS_KEY: chunk.tokens,
+    }
     return TextNode(
         id_=chunk.id,
         text=chunk.text,
         embedding=[float(x) for x in chunk.vector],
-        metadata={
-            TENANT_KEY: chunk.tenant_id,
-            VERSION_KEY: chunk.version,
-            DOC_VERSION_KEY: doc_version(chunk.document_id, chunk.version),
-            CHUNK_INDEX_KEY: chunk.chunk_index,
-            SOURCE_KEY: chunk.source,
-            METADATA_KEY: dict(chunk.metadata),
-            TOKENS_KEY: chunk.tokens,
-        },
+        metadata=metadata,
+        # The text alone is what llama-index hands `sparse_doc_fn` (as it is what we embed).
+        excluded_embed_metadata_keys=list(metadata),
         # llama-index writes the source's id as payload `document_id` (and doc_id, ref_doc_id).
         relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=chunk.document_id)},
     )
+
+
+def _document_terms(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+    """llama-index's `sparse_doc_fn`: (indices per text, values per text)."""
+    pairs = [document_terms(t) for t in texts]
+    return [i for i, _ in pairs], [v for _, v in pairs]
+
+
+def _query_terms(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+    pairs = [query_terms(t) for t in texts]
+    return [i for i, _ in pairs], [v for _, v in pairs]
+
+
+def _sparse(terms: tuple[list[int], list[float]]) -> models.SparseVector:
+    return models.SparseVector(indices=terms[0], values=terms[1])
+
+
+def _text(payload: dict | None) -> str:
+    try:
+        return metadata_dict_to_node(payload or {}).get_content()
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _match(key: str, value: str) -> models.FieldCondition:

@@ -5,6 +5,16 @@ Qdrant's multitenancy advice: one collection, a `tenant_id` keyword payload inde
 (`m=0`, `payload_m=16`) instead of one global graph that no query uses. Every search filters on
 the tenant; a tenant never gets another tenant's chunk, whatever it passes.
 
+Retrieval is dense (cosine over the embedding model's vectors) or hybrid (`QdrantSettings.
+retrieval`): beside each dense vector the stores keep a BM25 sparse vector of the chunk's text
+(ingest/sparse.py), and a hybrid search fuses a dense and a sparse candidate list with Qdrant's
+own query API (prefetch + reciprocal rank fusion), both lists under the same tenant filter and
+the same `exclude`. Whatever the mode, `Hit.score` is the chunk's dense cosine to the query and
+`Hits.top_score` the best dense cosine over the tenant's visible chunks (what a dense search's
+first hit scores): the routing signal and the floor stay calibrated in one unit. Hybrid changes
+which chunks come back and their order (the fused rank), and marks the ones the term side found
+(`Hit.terms`, their BM25 score).
+
 Two implementations behind `ChunkStore` (ingest/stores.py opens the one settings name):
 - `EdgeChunkStore` (ingest/store_edge.py): Qdrant Edge, Qdrant's engine in this process, on local
   disk. The embedded default (`url` unset).
@@ -19,8 +29,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+import numpy as np
 
 # uuid5 namespace of chunk ids: fixed forever, or re-running a job would stop overwriting.
 CHUNK_ID_NAMESPACE = uuid.UUID("6f1d4c0e-3a52-5b8e-9c7d-2f0a8e4b7c31")
@@ -62,6 +74,22 @@ class Hit:
     text: str
     metadata: dict
     tokens: int | None = None  # None: indexed before counts were stored; count when needed
+    # Hybrid search only: the chunk's BM25 score when the term side (the sparse candidates)
+    # found it, else None. Dense search leaves it None.
+    terms: float | None = None
+
+
+class Hits(list):
+    """`search`'s answer: the hits (best first: by cosine, or by fused rank in hybrid search)
+    and `top_score`, the best dense cosine of the tenant's visible chunks to the query. In
+    dense search that is the first hit's score; in hybrid search the dense top may rank below
+    `top_k` after fusion and still sets `top_score`, so the routing signal is the dense one."""
+
+    def __init__(self, hits=(), top_score: float | None = None) -> None:
+        super().__init__(hits)
+        if top_score is None and self:
+            top_score = max(h.score for h in self)
+        self.top_score = top_score
 
 
 class ChunkStore(Protocol):
@@ -79,9 +107,10 @@ class ChunkStore(Protocol):
         exclude: Collection[tuple[str, int]] = (),
         text: str | None = None,
     ) -> list[Hit]:
-        """The tenant's `top_k` nearest chunks (cosine, best first), at least `min_score`, none of
-        the (document_id, version) pairs in `exclude`. `text`: the query's words, for stores
-        that also match terms (sparse vectors); a store that does not ignores it."""
+        """The tenant's `top_k` best chunks, none of the (document_id, version) pairs in
+        `exclude`, each scored by its cosine to `vector` and at least `min_score`. Dense mode
+        (or no `text`): the nearest, best first. Hybrid mode: the dense and the term (BM25 of
+        `text`) candidates fused by rank, in fused order (see the module docstring)."""
         ...
 
     def delete_version(self, tenant_id: str, document_id: str, version: int) -> None: ...
@@ -163,6 +192,37 @@ def hit_from_payload(point_id: object, score: float, payload: dict) -> Hit:
         text=payload.get(TEXT_KEY, ""),
         metadata=payload.get(METADATA_KEY) or {},
         tokens=payload.get(TOKENS_KEY),
+    )
+
+
+def fuse(
+    vector: Sequence[float],
+    fused: Sequence[tuple[Hit, Sequence[float], float]],
+    terms: dict[str, float],
+    dense_top: float | None,
+    min_score: float | None,
+) -> Hits:
+    """A hybrid search's answer from what Qdrant returned: `fused`, the fusion's top hits as
+    (hit, its stored dense vector, its fused score); `terms`, the BM25 scores of the term
+    candidates by chunk id; `dense_top`, the best cosine of the dense search alone. Each hit's
+    score becomes its cosine to `vector`. Ties of fused rank (a dense-only first and a
+    term-only first) go to the higher cosine."""
+    if dense_top is not None and min_score is not None and dense_top < min_score:
+        dense_top = None
+    if not fused:
+        return Hits([], dense_top)
+    q = np.asarray(vector, dtype=np.float32)
+    q /= np.linalg.norm(q) or 1.0
+    stored = np.asarray([v for _, v, _ in fused], dtype=np.float32)
+    cosines = stored @ q / np.maximum(np.linalg.norm(stored, axis=1), 1e-12)
+    ranked = sorted(zip(fused, cosines.tolist(), strict=True), key=lambda x: (-x[0][2], -x[1]))
+    return Hits(
+        [
+            replace(hit, score=cos, terms=terms.get(hit.chunk_id))
+            for (hit, _, _), cos in ranked
+            if min_score is None or cos >= min_score
+        ],
+        dense_top,
     )
 
 

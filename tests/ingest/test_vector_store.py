@@ -364,3 +364,158 @@ def test_edge_filtered_recall_vs_exact_search(tmp_path: Path) -> None:
         assert recall >= 0.99, f"filtered top-5 recall {recall:.3f}"
     finally:
         store.close()
+
+
+# -- hybrid search (dense + BM25 terms, fused by Qdrant's RRF) ---------------------------------
+
+
+def coded_chunks(tenant: str, rng: np.random.Generator, n: int = 12, version: int = 1):
+    """n chunks of prose; chunk 5 alone names the product code Q7731."""
+    chunks = make_chunks(tenant, "catalogue", version, unit(rng, n))
+    words = ["pallets wait in the reserve", "stock moves between zones", "counts run weekly"]
+    return [
+        dataclasses.replace(
+            c,
+            text=(f"frost cream, 2 L tub: `Q7731`, home zone FZ9 ({tenant})" if c.chunk_index == 5
+                  else f"{words[c.chunk_index % 3]} ({tenant}, part {c.chunk_index})"),
+        )
+        for c in chunks
+    ]
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_hybrid_search_finds_an_exact_code_and_keeps_dense_scores(store: ChunkStore) -> None:
+    rng = np.random.default_rng(20)
+    chunks = coded_chunks("acme", rng)
+    store.upsert(chunks)
+    q = unit(rng)[0].tolist()  # a query vector near none of them: only the term can find #5
+
+    dense = store.search("acme", q, 3)
+    hybrid = store.search("acme", q, 3, text="Which product is Q7731?")
+
+    assert 5 not in {h.chunk_index for h in dense}  # the embedding does not find it here
+    assert 5 in {h.chunk_index for h in hybrid}
+    coded = next(h for h in hybrid if h.chunk_index == 5)
+    assert coded.terms is not None and coded.terms > 0
+    # Every score is the chunk's cosine to the query, whatever found it.
+    for h in hybrid:
+        assert h.score == pytest.approx(cosine(chunks[h.chunk_index].vector, q), abs=1e-4)
+    # The routing signal is the dense one: the same top score as the dense search.
+    assert hybrid.top_score == pytest.approx(dense[0].score, abs=1e-5)
+    assert dense.top_score == pytest.approx(dense[0].score, abs=1e-6)
+    assert all(h.terms is None for h in dense)
+    # No indexable word (stop words only): the dense search.
+    assert [h.chunk_id for h in store.search("acme", q, 3, text="the of and")] == [
+        h.chunk_id for h in dense
+    ]
+
+
+def test_hybrid_search_keeps_tenants_and_versions_apart(store: ChunkStore) -> None:
+    rng = np.random.default_rng(21)
+    store.upsert(coded_chunks("tenant-a", rng))
+    store.upsert(coded_chunks("tenant-b", rng, n=8))
+    q = unit(rng)[0].tolist()
+    text = "Q7731 frost cream tub"
+
+    hits = store.search("tenant-b", q, 10, text=text)
+    assert len(hits) == 8 and all("tenant-b" in h.text for h in hits)
+    assert {h.chunk_id for h in hits} == {chunk_id("tenant-b", "catalogue", 1, i) for i in range(8)}
+    assert any(h.terms is not None for h in hits)
+    assert store.search("tenant-c", q, 10, text=text) == []
+    assert store.search("tenant-c", q, 10, text=text).top_score is None
+
+    # The exclude of (document, version) holds on the term side too.
+    store.upsert(coded_chunks("tenant-b", rng, n=8, version=2))
+    assert {h.version for h in store.search("tenant-b", q, 16, text=text)} == {1, 2}
+    only_new = store.search("tenant-b", q, 16, text=text, exclude={("catalogue", 1)})
+    assert {h.version for h in only_new} == {2} and len(only_new) == 8
+    store.delete_version("tenant-b", "catalogue", 2)
+    assert store.search("tenant-b", q, 16, text=text, exclude={("catalogue", 1)}) == []
+
+
+def test_dense_mode_ignores_the_text(tmp_path: Path) -> None:
+    rng = np.random.default_rng(22)
+    store = open_chunk_store(QdrantSettings(path=tmp_path / "q", retrieval="dense"), tmp_path)
+    try:
+        store.ensure_collection(DIM)
+        store.upsert(coded_chunks("acme", rng))
+        q = unit(rng)[0].tolist()
+        hits = store.search("acme", q, 3, text="Q7731")
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in store.search("acme", q, 3)]
+        assert all(h.terms is None for h in hits)
+    finally:
+        store.close()
+
+
+def test_an_edge_shard_from_before_hybrid_search_is_upgraded_on_open(tmp_path: Path) -> None:
+    """A shard written by the dense-only code (one unnamed vector, no term vector) gets its
+    term vectors from the payload text when the new code opens it, and searches hybrid."""
+    import qdrant_edge as qe
+
+    from ingest.vector_store import chunk_payload
+
+    rng = np.random.default_rng(23)
+    path = tmp_path / "old"
+    chunks = coded_chunks("acme", rng, n=700)  # more than one backfill batch
+    old = qe.EdgeShard.create(
+        str(path), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine))
+    )
+    old.update(qe.UpdateOperation.upsert_points(
+        [qe.Point(c.id, c.vector, chunk_payload(c)) for c in chunks]
+    ))
+    old.flush()
+    old.close()
+
+    store = open_chunk_store(QdrantSettings(path=path), tmp_path)
+    try:
+        store.ensure_collection(DIM)
+        assert store.count("acme") == 700
+        q = unit(rng)[0].tolist()
+        hits = store.search("acme", q, 3, text="Q7731")
+        assert 5 in {h.chunk_index for h in hits}
+        store.upsert(coded_chunks("acme", rng, n=3, version=2))  # new writes carry both vectors
+    finally:
+        store.close()
+    again = open_chunk_store(QdrantSettings(path=path), tmp_path)  # nothing left to upgrade
+    try:
+        assert again.count("acme") == 703
+        assert 5 in {h.chunk_index for h in again.search("acme", q, 3, text="Q7731",
+                                                         exclude={("catalogue", 2)})}
+    finally:
+        again.close()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_server_collection_from_before_hybrid_search_is_upgraded_on_open(
+    tmp_path: Path,
+) -> None:
+    """The same on qdrant-client's local mode: a collection made and filled by the dense-only
+    code (llama-index, no term vector) gets the term vector and its values when opened."""
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient, models
+
+    from ingest.store_qdrant import _node
+
+    rng = np.random.default_rng(24)
+    client = QdrantClient(path=str(tmp_path / "local"))
+    name = QdrantSettings().collection
+    client.create_collection(
+        name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+    )
+    QdrantVectorStore(name, client=client, index_doc_id=False).add(
+        [_node(c) for c in coded_chunks("acme", rng, n=300)]
+    )
+    store = ServerChunkStore(client, QdrantSettings())
+    try:
+        store.ensure_collection(DIM)
+        assert store.count("acme") == 300
+        q = unit(rng)[0].tolist()
+        hits = store.search("acme", q, 3, text="Q7731")
+        assert 5 in {h.chunk_index for h in hits}
+        assert hits.top_score == pytest.approx(store.search("acme", q, 1)[0].score, abs=1e-5)
+    finally:
+        store.close()
