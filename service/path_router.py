@@ -233,11 +233,11 @@ class PathRouter:
                 f"; with the context adapter {adapter.label} was trained with (top {plan.top_k} "
                 f"chunks, floor {plan.min_score:.2f}, {plan.max_tokens} tokens)"
             )
-        # The first top_k of what was retrieved (the policy's retrieval may hold more than an
-        # adapter was trained with), then the one floor rule.
-        hits = dataclasses.replace(retrieval, hits=retrieval.hits[: plan.top_k]).above(
-            plan.min_score
-        )
+        if plan.source == "adapter":
+            # The first top_k of what was retrieved (the policy's retrieval may hold more than
+            # the adapter was trained with); the policy's own is left exactly as it came.
+            retrieval = dataclasses.replace(retrieval, hits=retrieval.hits[: plan.top_k])
+        hits = retrieval.above(plan.min_score)  # the one floor rule
         texts = fit_to_budget([h.text for h in hits], [h.tokens for h in hits],
                               plan.max_tokens, self.count_tokens)
         if not texts:
