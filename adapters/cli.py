@@ -10,6 +10,18 @@ from typing import Annotated
 import httpx
 import typer
 
+from adapters.train import (
+    DEFAULT_CONTEXT_FRACTION,
+    DEFAULT_CONTEXT_MAX_TOKENS,
+    DEFAULT_LR,
+    DEFAULT_MAX_LEN,
+    DEFAULT_MIN_SCORE,
+    DEFAULT_ORACLE_FREE_SHARE,
+    DEFAULT_TOKENS_PER_PASS,
+    DEFAULT_TOP_K,
+    HELD_OUT_SHARE,
+)
+
 adapters_app = typer.Typer(no_args_is_help=True, help="Train and register LoRA adapters.")
 
 # Tests swap in an httpx.MockTransport; None is the network.
@@ -39,17 +51,38 @@ def train(
     alpha: Annotated[int | None, typer.Option(help="lora_alpha (default: 2 x rank).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the data (unless --max-steps).")] = 3,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = DEFAULT_LR,
     batch_size: Annotated[int, typer.Option(help="Samples per optimizer step.")] = 8,
-    grad_accum: Annotated[
-        int, typer.Option(help="Split each step into this many passes (memory).")
-    ] = 1,
-    max_len: Annotated[int, typer.Option(help="Tokens per sample; longer answers are cut.")] = 512,
+    tokens_per_pass: Annotated[
+        int,
+        typer.Option(help="Padded tokens per forward pass (memory); a step is split into passes."),
+    ] = DEFAULT_TOKENS_PER_PASS,
+    max_len: Annotated[
+        int, typer.Option(help="Tokens per sample, context included; longer answers are cut.")
+    ] = DEFAULT_MAX_LEN,
     context_docs: Annotated[
-        Path | None, typer.Option(help="Folder of .txt/.md: train with retrieved context (RAFT).")
+        Path | None,
+        typer.Option(help="Folder of documents: train with retrieved context (RAFT)."),
     ] = None,
-    context_fraction: Annotated[float, typer.Option(help="Share of samples given context.")] = 0.5,
-    distractors: Annotated[int, typer.Option(help="Random passages beside the relevant one.")] = 1,
+    context_fraction: Annotated[
+        float, typer.Option(help="Share of samples given context.")
+    ] = DEFAULT_CONTEXT_FRACTION,
+    top_k: Annotated[
+        int, typer.Option(help="Chunks retrieved per query, as the adapter_rag path serves.")
+    ] = DEFAULT_TOP_K,
+    min_score: Annotated[
+        float, typer.Option(help="Score floor: retrieved chunks below it are not shown.")
+    ] = DEFAULT_MIN_SCORE,
+    context_max_tokens: Annotated[
+        int, typer.Option(help="Context budget, in the embedding model's tokens.")
+    ] = DEFAULT_CONTEXT_MAX_TOKENS,
+    oracle_free_share: Annotated[
+        float,
+        typer.Option(help="Share of context samples given distractors only (retrieval missed)."),
+    ] = DEFAULT_ORACLE_FREE_SHARE,
+    held_out: Annotated[
+        float, typer.Option(help="Share of rows kept out to measure held-out loss (max 32).")
+    ] = HELD_OUT_SHARE,
     seed: Annotated[int, typer.Option()] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Train even if the data check fails.")
@@ -65,9 +98,9 @@ def train(
         Path | None, typer.Option("--data-dir", help="Data folder (RAGTUNE_DATA_DIR).")
     ] = None,
 ) -> None:
-    """Check the data, then train a LoRA adapter on the base model (adapter_config.json +
-    adapter_model.safetensors in --out). The base model, chunking and embedding are the
-    server's own (the same settings `ragtune serve` reads)."""
+    """Check the data, then train a LoRA adapter on the base model (adapter_config.json,
+    adapter_model.safetensors and ragtune_training.json in --out). The base model, chunking and
+    embedding are the server's own (the same settings `ragtune serve` reads)."""
     from transformers import AutoTokenizer
 
     from adapters.datacheck import check_training_data, load_jsonl
@@ -97,29 +130,44 @@ def train(
             base_model_name=settings.base_model_name,
             chunking=settings.chunking,
             embedding=settings.embedding,
+            qdrant=settings.qdrant,
             rank=rank,
             alpha=alpha or 2 * rank,
             epochs=epochs,
             max_steps=max_steps,
             lr=lr,
             batch_size=batch_size,
-            grad_accum=grad_accum,
+            tokens_per_pass=tokens_per_pass,
             max_len=max_len,
             context_docs=context_docs,
             context_fraction=context_fraction,
-            distractors=distractors,
+            top_k=top_k,
+            min_score=min_score,
+            context_max_tokens=context_max_tokens,
+            oracle_free_share=oracle_free_share,
+            held_out=held_out,
             seed=seed,
             force=force,
+            log=typer.echo,
         )
     except TrainingRefused as e:  # pragma: no cover - the check above refuses first
         raise _fail(str(e)) from None
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
     typer.echo(
-        f"trained {result.steps} steps on {result.samples} samples "
-        f"({result.context_samples} with context) in {result.seconds:.0f}s on {result.device}: "
-        f"answer loss {result.loss_before:.3f} -> {result.loss_after:.3f}"
+        f"trained {result.steps} steps ({result.passes} passes) on {result.samples} samples "
+        f"({result.context_samples} with context, {result.oracle_free_samples} of them "
+        f"distractors only) in {result.seconds:.0f}s on {result.device} "
+        f"({result.threads} threads); peak memory {result.peak_rss_bytes / 2**30:.1f} GiB"
     )
+    typer.echo(f"answer loss {result.loss_before:.3f} -> {result.loss_after:.3f}")
+    if result.held_out:
+        with_ctx = result.held_out_with_context
+        typer.echo(
+            f"held-out answer loss ({result.held_out} rows not trained on): "
+            f"{result.held_out_no_context:.3f} without context"
+            + (f", {with_ctx:.3f} with context" if with_ctx is not None else "")
+        )
     typer.echo(f"adapter (rank {result.info.rank}, {result.info.size_bytes} bytes) in {out}")
     typer.echo(f"register it: ragtune adapters register {out} --name NAME --examples {data}")
 

@@ -1,45 +1,85 @@
 """Train a LoRA adapter the way it will be served.
 
-The base model's own chat template builds every sample; the loss counts only the answer's tokens
-(and the end-of-turn token, so the model learns to stop). With `context_docs`, a share of the
-samples carries retrieved context exactly as the adapter+RAG path serves it: the chunks come from
-ingestion's own splitter and `with_context` (ingest/context.py) is the one format both sides use.
-The relevant passage comes with distractors (RAFT), because an adapter trained without context is
-disturbed by context.
+The base model's own chat template builds every sample (SmolLM2's inserts its default system
+prompt when a prompt has none, and vLLM renders served prompts the same way); the loss counts
+only the answer's tokens and the end-of-turn token, so the model learns to stop. Only the answer
+positions go through the output head: on a 135M model the head is a fifth of the weights, and
+full-sequence logits of long context prompts were what ran training out of memory.
+
+With `context_docs`, a share of the samples carries retrieved context exactly as the adapter_rag
+path serves it (RAFT): the ORACLE passages are the chunks holding what the answer uses (its rare
+codes, names and numbers, IDF-weighted), the DISTRACTORS are what the served retriever returns
+for the instruction (a real search of a temporary embedded store filled by ingestion's chunking
+and the server's embedder), cut to the serving top_k, score floor and token budget, in retrieval
+order, formatted by `with_context`. A share of the context rows keeps only the distractors, so
+the adapter still writes valid answers when retrieval misses.
 
 Chunking and embedding are the server's own settings groups (`Settings.chunking`,
 `Settings.embedding`), passed in by the caller: context built with other chunk sizes or another
 embedding model would not look like the context the adapter is served with.
 
-The output folder holds adapter_config.json (naming the served base model) and
-adapter_model.safetensors, nothing else, and is validated before returning.
+Memory: each optimizer step's samples are sorted by length and split into forward passes of at
+most `tokens_per_pass` padded tokens (gradients accumulate over them), so a step of long context
+prompts never needs more than one pass's activations.
 
-Torch, transformers and peft are imported inside the functions that need them.
+The output folder holds adapter_config.json (naming the served base model),
+adapter_model.safetensors and the training record (TRAINING_NAME), nothing else, and is validated
+before returning. Torch, transformers and peft are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import re
+import resource
+import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapters.base_layout import base_layout
 from adapters.datacheck import DataReport, Sample, check_training_data, normalise_rows
-from adapters.peft_files import CONFIG_NAME, WEIGHTS_NAME
+from adapters.peft_files import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
 from adapters.validation import AdapterInfo, validate_adapter
-from core.settings import ChunkingSettings, EmbeddingSettings
-from ingest.context import CONTEXT_HEADER, with_context
+from core.settings import ChunkingSettings, EmbeddingSettings, QdrantSettings
+from ingest.context import with_context
 
 IGNORE_INDEX = -100
 
-EmbedTexts = Callable[[list[str]], Any]  # texts -> L2-normalised vectors (n, d)
+# Serving's adapter_rag context (the tenant Policy's top_k / min_score / context_max_tokens in
+# service/policy.py; adapters cannot import service). The training record carries the values
+# used, so serving can give the adapter the context it was trained with.
+DEFAULT_LR = 1e-3
+DEFAULT_MAX_LEN = 1024  # a sample's tokens, context included (~600 context tokens fit)
+DEFAULT_TOP_K = 4
+DEFAULT_MIN_SCORE = 0.35
+DEFAULT_CONTEXT_MAX_TOKENS = 600
+DEFAULT_CONTEXT_FRACTION = 0.5
+DEFAULT_ORACLE_FREE_SHARE = 0.2
+MAX_ORACLES = 2
+# A forward pass holds at most this many padded tokens. Measured on SmolLM2-135M in fp32 (LoRA
+# r=16 on every projection, answer-only head): a 2048-token pass peaked at +2.9 GB over the
+# loaded model, ~1.4 MB a token; 2048 keeps training near 4 GB beside a vLLM engine on a 24 GB
+# machine. Gradient checkpointing (saved activations ~10x smaller, ~30% more compute) turns on
+# by itself when a pass could exceed ACTIVATION_BUDGET_BYTES.
+DEFAULT_TOKENS_PER_PASS = 2048
+ACTIVATION_BYTES_PER_TOKEN = 1_500_000
+ACTIVATION_BUDGET_BYTES = 3_500_000_000
+PAD_MULTIPLE = 16  # fewer distinct tensor shapes: less allocator fragmentation on CPU
+HELD_OUT_SHARE = 0.1
+MAX_HELD_OUT = 32
+MIN_ROWS_FOR_HELD_OUT = 40
+RAFT_TENANT = "raft-training"
+RETRIEVAL_DEPTH = 64  # ranks looked up per instruction: where the oracle sits among the hits
 
-
-# ---- context: the serving side's format (ingest/context.py) and chunks (ingest/) ----------
+# ---- context: the serving side's chunks (ingest/) and retriever (a temporary store) ---------
 
 
 def load_context_chunks(
@@ -83,71 +123,200 @@ def load_context_chunks(
     return chunks
 
 
-def embedder_for(embedding: EmbeddingSettings) -> EmbedTexts:
-    """The server's embedding model for these settings (ingest/embedding.py), normalised."""
+_TERM = re.compile(r"[A-Za-z0-9_]+")
 
-    def embed_texts(texts: list[str]):
-        import numpy as np
 
+def terms(text: str) -> set[str]:
+    """The words, codes and numbers of a text, case-folded (`@FZ1` -> `fz1`, `x40` -> `x40`)."""
+    return {t.casefold() for t in _TERM.findall(text) if len(t) > 1 or t.isdigit()}
+
+
+class OracleFinder:
+    """Which chunks hold what an answer uses. Each answer term weighs its IDF over the chunks
+    (a code in one chunk weighs much, a keyword in most chunks little, a term in every chunk or
+    none nothing); a term the instruction already states weighs half, since the context need
+    not supply it. Chunks are picked greedily by the weight of the answer terms they add (the
+    statement's page, then a product's catalogue page), up to `max_oracles`; a chunk must add a
+    term found in at most half of the chunks to count."""
+
+    def __init__(self, chunks: Sequence[str], max_oracles: int = MAX_ORACLES) -> None:
+        self.chunk_terms = [terms(c) for c in chunks]
+        self.df = Counter(t for ts in self.chunk_terms for t in ts)
+        self.n = len(chunks)
+        self.max_oracles = max_oracles
+        self.min_gain = math.log(2) * 0.999  # one term in half of the chunks
+
+    def weights(self, answer: str, instruction: str = "") -> dict[str, float]:
+        stated = terms(instruction)
+        return {
+            t: math.log(self.n / self.df[t]) * (0.5 if t in stated else 1.0)
+            for t in terms(answer)
+            if 0 < self.df[t] < self.n
+        }
+
+    def __call__(self, answer: str, instruction: str = "") -> list[int]:
+        wanted = self.weights(answer, instruction)
+        picked: list[int] = []
+        while wanted and len(picked) < self.max_oracles:
+            gain, best = max(
+                (sum(w for t, w in wanted.items() if t in ts), -i)
+                for i, ts in enumerate(self.chunk_terms)
+            )
+            if gain < self.min_gain:
+                break
+            picked.append(-best)
+            wanted = {t: w for t, w in wanted.items() if t not in self.chunk_terms[-best]}
+        return picked
+
+
+@dataclass
+class ContextPlan:
+    """Per sample: the prompt messages, and what its context holds."""
+
+    prompts: list[list[dict]]
+    kinds: list[str]  # "none" | "oracle" | "oracle_free" | "retrieved" (no oracle found)
+    oracles: list[list[int]]  # chunk indices found for each sample (even where left out)
+    contexts: list[list[int]]  # chunk indices given, in the order shown
+
+    def count(self, kind: str) -> int:
+        return self.kinds.count(kind)
+
+
+class ServedRetriever:
+    """The served retriever over the context chunks: a temporary embedded Qdrant store, filled
+    as ingestion fills it (the server's embedder, token counts), searched as serving searches
+    (the query embedded by the query path, `text=` for stores that also match terms)."""
+
+    def __init__(
+        self, chunks: Sequence[str], embedding: EmbeddingSettings, qdrant: QdrantSettings
+    ) -> None:
         from ingest.embedding import shared_embedder
+        from ingest.store_edge import EdgeChunkStore
+        from ingest.vector_store import Chunk, chunk_id
 
-        return np.asarray(shared_embedder(embedding).texts(list(texts)))
+        self.embedder = shared_embedder(embedding)
+        self.chunks = list(chunks)
+        self.tokens = [self.embedder.count_tokens(c) for c in self.chunks]
+        self._dir = tempfile.TemporaryDirectory(prefix="ragtune-raft-")
+        self.store = EdgeChunkStore(Path(self._dir.name) / "store", qdrant)
+        vectors = self.embedder.texts(self.chunks)
+        self.store.ensure_collection(len(vectors[0]))
+        self.store.upsert(
+            [
+                Chunk(
+                    id=chunk_id(RAFT_TENANT, "context", 1, i),
+                    tenant_id=RAFT_TENANT,
+                    document_id="context",
+                    version=1,
+                    chunk_index=i,
+                    text=text,
+                    source="context",
+                    vector=list(vector),
+                    tokens=n,
+                )
+                for i, (text, vector, n) in enumerate(
+                    zip(self.chunks, vectors, self.tokens, strict=True)
+                )
+            ]
+        )
 
-    return embed_texts
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """(chunk index, score), best first, as the served search ranks them."""
+        vector = self.embedder.query(query)
+        hits = self.store.search(RAFT_TENANT, vector, min(k, len(self.chunks)), text=query)
+        return [(h.chunk_index, h.score) for h in hits]
+
+    def close(self) -> None:
+        self.store.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> ServedRetriever:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def select_context(
-    queries: Sequence[str],
-    chunks: Sequence[str],
+def compose_context(
+    ranked: Sequence[tuple[int, float]],
+    oracles: Sequence[int],
+    tokens: Sequence[int],
     *,
-    distractors: int = 1,
-    rng: random.Random,
-    embed: EmbedTexts,
-) -> list[list[str]]:
-    """For each query: the most similar chunk plus `distractors` random others, shuffled, so the
-    model learns to find the relevant passage rather than trust the first one."""
-    import numpy as np
-
-    q = np.asarray(embed(list(queries)))
-    c = np.asarray(embed(list(chunks)))
-    best = (q @ c.T).argmax(axis=1)
-    out = []
-    for b in best.tolist():
-        others = [i for i in range(len(chunks)) if i != b]
-        picked = [b, *rng.sample(others, min(distractors, len(others)))]
-        rng.shuffle(picked)
-        out.append([chunks[i] for i in picked])
-    return out
+    top_k: int,
+    min_score: float,
+    max_tokens: int,
+    leave_out: Sequence[int] = (),
+) -> list[int]:
+    """Chunk indices to show: the oracles (always, if they fit the budget), then the served
+    hits above the floor in retrieval order (the hard negatives), none of `leave_out` (the
+    oracles of a row trained without them), up to top_k chunks and `max_tokens` (the served
+    budget, in the embedding model's tokens); shown in retrieval order, an oracle the search
+    did not rank after the ranked ones."""
+    rank = {i: r for r, (i, _) in enumerate(ranked)}
+    kept: list[int] = []
+    used = 0
+    for i in oracles[:top_k]:
+        if used + tokens[i] <= max_tokens or not kept:
+            kept.append(i)
+            used += tokens[i]
+    for i, score in ranked:
+        if len(kept) >= top_k:
+            break
+        if i in kept or i in leave_out or score < min_score:
+            continue
+        if used + tokens[i] > max_tokens:
+            break  # serving's fit_to_budget stops at the first chunk that does not fit
+        kept.append(i)
+        used += tokens[i]
+    return sorted(kept, key=lambda i: (rank.get(i, len(rank)), i))
 
 
 def plan_context(
     samples: Sequence[Sample],
     chunks: Sequence[str],
+    retriever: Any,
     *,
     fraction: float,
-    distractors: int,
+    oracle_free_share: float,
+    top_k: int,
+    min_score: float,
+    max_tokens: int,
     rng: random.Random,
-    embed: EmbedTexts,
-) -> list[list[dict]]:
-    """Prompt messages per sample; `round(fraction * n)` randomly chosen samples get context
-    (the rest stay as they are, as prompts served without retrieval are)."""
-    chosen = sorted(rng.sample(range(len(samples)), round(fraction * len(samples))))
-    contexts = (
-        select_context(
-            [samples[i].instruction for i in chosen],
-            chunks,
-            distractors=distractors,
-            rng=rng,
-            embed=embed,
-        )
-        if chosen
-        else []
+) -> ContextPlan:
+    """`round(fraction * n)` randomly chosen samples get context; of those,
+    `round(oracle_free_share * chosen)` (among those with an oracle) get the distractors only.
+    `retriever` has `search(query, k) -> [(chunk index, score)]` and `tokens` per chunk."""
+    find = OracleFinder(chunks)
+    n = len(samples)
+    chosen = sorted(rng.sample(range(n), round(fraction * n)))
+    oracles = [find(s.completion, s.instruction) for s in samples]
+    with_oracle = [i for i in chosen if oracles[i]]
+    free = set(
+        rng.sample(with_oracle, min(len(with_oracle), round(oracle_free_share * len(chosen))))
     )
-    by_index = dict(zip(chosen, contexts, strict=True))
-    return [with_context(s.messages, by_index.get(i, [])) for i, s in enumerate(samples)]
+    kinds = ["none"] * n
+    contexts: list[list[int]] = [[] for _ in range(n)]
+    depth = max(RETRIEVAL_DEPTH, top_k + MAX_ORACLES)
+    for i in chosen:
+        ranked = retriever.search(samples[i].instruction, depth)
+        given = [] if i in free else oracles[i]
+        contexts[i] = compose_context(
+            ranked,
+            given,
+            retriever.tokens,
+            top_k=top_k,
+            min_score=min_score,
+            max_tokens=max_tokens,
+            leave_out=oracles[i],
+        )
+        kinds[i] = "oracle_free" if i in free else "oracle" if oracles[i] else "retrieved"
+    prompts = [
+        with_context(s.messages, [chunks[c] for c in contexts[i]]) for i, s in enumerate(samples)
+    ]
+    return ContextPlan(prompts, kinds, oracles, contexts)
 
 
-# ---- tokenisation and loss masking ----------------------------------------------------------
+# ---- tokenisation, loss masking and micro-batches -------------------------------------------
 
 
 def build_example(
@@ -173,10 +342,30 @@ def encode_sample(tokenizer, messages: Sequence[dict], completion: str, max_len:
     return build_example(prompt_ids, answer_ids, max_len)
 
 
+def padded(length: int) -> int:
+    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def micro_batches(lengths: Sequence[int], tokens_per_pass: int) -> list[list[int]]:
+    """One optimizer step's samples (their lengths) as forward passes: sorted by length, so
+    similar lengths share a pass and padding is small; each pass's padded size (rows x longest,
+    rounded up to PAD_MULTIPLE) stays within `tokens_per_pass` (a longer sample goes alone)."""
+    passes: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and padded(lengths[i]) * (len(current) + 1) > tokens_per_pass:
+            passes.append(current)
+            current = []
+        current.append(i)
+    if current:
+        passes.append(current)
+    return passes
+
+
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
     import torch
 
-    width = max(len(ids) for ids, _ in examples)
+    width = padded(max(len(ids) for ids, _ in examples))
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -188,32 +377,59 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
 
 
 def _loss_sum(model, batch, device):
-    """Summed cross-entropy over answer tokens, and how many there were."""
+    """Summed cross-entropy over answer tokens, and how many there were. The decoder runs over
+    every position; the output head only over the positions that predict an answer token."""
     import torch.nn.functional as F
 
     ids, labels, mask = (t.to(device) for t in batch)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        target.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss, int((target != IGNORE_INDEX).sum())
+    keep = target != IGNORE_INDEX
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    loss = F.cross_entropy(logits, target[keep], reduction="sum")
+    return loss, int(keep.sum())
 
 
-def _mean_loss(model, examples, pad_id, device, micro: int) -> float:
+def _mean_loss(model, examples, pad_id, device, tokens_per_pass: int) -> float | None:
     import torch
 
+    if not examples:
+        return None
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(examples), micro):
-            loss, n = _loss_sum(model, collate(examples[i : i + micro], pad_id), device)
+        for part in micro_batches([len(x) for x, _ in examples], tokens_per_pass):
+            loss, n = _loss_sum(model, collate([examples[i] for i in part], pad_id), device)
             total, count = total + float(loss), count + n
-    model.train()
+    model.train(was_training)
     return total / max(count, 1)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc keeps freed activation buffers of varying sizes in its heaps and RSS creeps up
+    step after step; allocations of 4 MiB and more are mapped and unmapped instead."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # ---- the training run -----------------------------------------------------------------------
@@ -230,16 +446,52 @@ class TrainingRefused(Exception):
 @dataclass
 class TrainResult:
     out_dir: Path
-    loss_before: float  # mean answer-token loss on a fixed evaluation subset
+    loss_before: float  # mean answer-token loss on the held-out rows (no context), untrained
     loss_after: float
+    held_out_no_context: float | None  # after training; None without held-out rows
+    held_out_with_context: float | None  # the same rows with oracle context; None without docs
+    held_out: int  # rows kept out of training for these losses
     steps: int
     samples: int
     context_samples: int
+    oracle_free_samples: int
     skipped: int  # samples whose prompt alone exceeded max_len
+    passes: int  # forward/backward passes (micro-batches) over the run
     seconds: float
+    peak_rss_bytes: int
     device: str
+    threads: int
+    gradient_checkpointing: bool
     info: AdapterInfo
     report: DataReport
+    record: dict = field(default_factory=dict)  # what TRAINING_NAME holds
+
+
+def training_record(
+    *,
+    base_model: str,
+    context: dict | None,
+    steps: int,
+    seconds: float,
+    samples: int,
+    loss: dict,
+) -> dict:
+    """The training record's exact schema (format 1); serving reads `context`."""
+    return {
+        "format": 1,
+        "base_model": base_model,
+        "context": context,
+        "steps": steps,
+        "seconds": round(seconds, 1),
+        "samples": samples,
+        "loss": loss,
+    }
+
+
+def _split_held_out(n: int, share: float, rng: random.Random) -> set[int]:
+    if n < MIN_ROWS_FOR_HELD_OUT or share <= 0:
+        return set()
+    return set(rng.sample(range(n), min(MAX_HELD_OUT, max(1, round(share * n)))))
 
 
 def train_lora(
@@ -252,27 +504,37 @@ def train_lora(
     embedding: EmbeddingSettings,
     rank: int = 16,
     alpha: int = 32,
+    dropout: float = 0.0,
     epochs: int = 3,
     max_steps: int | None = None,
-    lr: float = 2e-4,
+    lr: float = DEFAULT_LR,
     batch_size: int = 8,
-    grad_accum: int = 1,
-    max_len: int = 512,
+    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    max_len: int = DEFAULT_MAX_LEN,
     context_docs: Sequence[str] | Path | str | None = None,
-    context_fraction: float = 0.5,
-    distractors: int = 1,
+    context_fraction: float = DEFAULT_CONTEXT_FRACTION,
+    top_k: int = DEFAULT_TOP_K,
+    min_score: float = DEFAULT_MIN_SCORE,
+    context_max_tokens: int = DEFAULT_CONTEXT_MAX_TOKENS,
+    oracle_free_share: float = DEFAULT_ORACLE_FREE_SHARE,
+    held_out: float = HELD_OUT_SHARE,
+    gradient_checkpointing: bool | None = None,
+    threads: int | None = None,
+    qdrant: QdrantSettings | None = None,
     seed: int = 0,
     progress: bool = True,
     force: bool = False,
-    eval_samples: int = 32,
-    embed: EmbedTexts | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA on all linear projections of the base model's decoder layers.
 
-    `chunking` and `embedding` are the serving settings' groups: the RAFT context is split and
-    picked with them (`embed`, when given, stands in for the embedding model in the picking).
-    `batch_size` is the number of samples per optimizer step; `grad_accum` splits it into that
-    many forward/backward passes (same result, less memory).
+    `chunking` and `embedding` are the serving settings' groups: the RAFT context is split,
+    embedded and searched with them. `batch_size` is the number of samples per optimizer step;
+    each step runs as forward passes of at most `tokens_per_pass` padded tokens.
+    `gradient_checkpointing` None: on when a pass's activations could exceed
+    ACTIVATION_BUDGET_BYTES (a `tokens_per_pass` above ~2300). `held_out`: the share of
+    rows (at most MAX_HELD_OUT, none under MIN_ROWS_FOR_HELD_OUT rows) kept out of training to
+    measure the answer loss with and without context.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -280,118 +542,227 @@ def train_lora(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
+    say = log or (lambda _m: None)
     out_dir, base_model_dir = Path(out_dir), Path(base_model_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"output folder {out_dir} is not empty")
-    if batch_size % grad_accum:
-        raise ValueError(f"batch_size {batch_size} is not a multiple of grad_accum {grad_accum}")
+    if not 0 <= context_fraction <= 1 or not 0 <= oracle_free_share <= 1:
+        raise ValueError("context_fraction and oracle_free_share are shares between 0 and 1")
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir, local_files_only=True)
     report = check_training_data(train_rows, tokenizer=tokenizer, max_tokens=max_len)
     if not report.passes and not force:
         raise TrainingRefused(report)
 
+    qdrant = qdrant or QdrantSettings()
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    samples = [s for s in normalise_rows(train_rows)[0] if s.completion.strip()]
-    if not samples:
-        raise ValueError("no usable training samples")
-    prompts = [list(s.messages) for s in samples]
-    if context_docs is not None and context_fraction > 0:
-        chunks = load_context_chunks(context_docs, chunking=chunking, embedding=embedding)
-        prompts = plan_context(
-            samples,
-            chunks,
-            fraction=context_fraction,
-            distractors=distractors,
-            rng=rng,
-            embed=embed or embedder_for(embedding),
+    threads = threads or available_cores()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _limit_malloc_arenas()
+        samples = [s for s in normalise_rows(train_rows)[0] if s.completion.strip()]
+        if not samples:
+            raise ValueError("no usable training samples")
+        held = _split_held_out(len(samples), held_out, rng)
+        train_samples = [s for i, s in enumerate(samples) if i not in held]
+        held_samples = [s for i, s in enumerate(samples) if i in held]
+
+        use_context = context_docs is not None and context_fraction > 0
+        prompts = [list(s.messages) for s in train_samples]
+        held_prompts: list[list[dict]] = []
+        oracle_free = context_samples = 0
+        if use_context:
+            chunks = load_context_chunks(context_docs, chunking=chunking, embedding=embedding)
+            with ServedRetriever(chunks, embedding, qdrant) as retriever:
+                plan = plan_context(
+                    train_samples,
+                    chunks,
+                    retriever,
+                    fraction=context_fraction,
+                    oracle_free_share=oracle_free_share,
+                    top_k=top_k,
+                    min_score=min_score,
+                    max_tokens=context_max_tokens,
+                    rng=rng,
+                )
+                held_plan = plan_context(
+                    held_samples,
+                    chunks,
+                    retriever,
+                    fraction=1.0,
+                    oracle_free_share=0.0,
+                    top_k=top_k,
+                    min_score=min_score,
+                    max_tokens=context_max_tokens,
+                    rng=rng,
+                )
+            prompts, held_prompts = plan.prompts, held_plan.prompts
+            context_samples = sum(1 for c in plan.contexts if c)
+            oracle_free = plan.count("oracle_free")
+            say(
+                f"context: {len(chunks)} chunks; {context_samples} of {len(train_samples)} "
+                f"samples with context ({plan.count('oracle')} with oracle, {oracle_free} "
+                f"distractors only, {plan.count('retrieved')} retrieved, no oracle found)"
+            )
+        encoded = [
+            encode_sample(tokenizer, p, s.completion, max_len)
+            for p, s in zip(prompts, train_samples, strict=True)
+        ]
+        examples = [e for e in encoded if e is not None]
+        if not examples:
+            raise ValueError(f"every sample's prompt is longer than max_len={max_len}")
+
+        def encode_all(prompt_list, sample_list):
+            pairs = zip(prompt_list, sample_list, strict=True)
+            return [
+                e for p, s in pairs if (e := encode_sample(tokenizer, p, s.completion, max_len))
+            ]
+
+        held_plain = encode_all([list(s.messages) for s in held_samples], held_samples)
+        held_context = encode_all(held_prompts, held_samples) if use_context else []
+        # Without held-out rows, before/after is measured on (seen) training rows, without context.
+        eval_plain = held_plain or encode_all(
+            [list(s.messages) for s in train_samples[:32]], train_samples[:32]
         )
-    context_samples = sum(1 for p in prompts if CONTEXT_HEADER in p[0]["content"])
-    encoded = [
-        encode_sample(tokenizer, p, s.completion, max_len)
-        for p, s in zip(prompts, samples, strict=True)
-    ]
-    examples = [e for e in encoded if e is not None]
-    if not examples:
-        raise ValueError(f"every sample's prompt is longer than max_len={max_len}")
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(
-        base_model_dir, dtype=dtype, local_files_only=True
-    ).to(device)
-    targets = sorted(base_layout(base_model_dir).leaves)
-    lora = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.05,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)  # adapter weights stay fp32 over a bf16 base
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    micro = batch_size // grad_accum
-    eval_set = examples[:eval_samples]
-    loss_before = _mean_loss(model, eval_set, pad_id, device, micro)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model_dir, dtype=dtype, local_files_only=True
+        ).to(device)
+        # The largest pass the plan can make; checkpointing when its activations pass the budget.
+        largest = min(tokens_per_pass, batch_size * padded(max(len(x) for x, _ in examples)))
+        checkpointing = (
+            gradient_checkpointing
+            if gradient_checkpointing is not None
+            else largest * ACTIVATION_BYTES_PER_TOKEN > ACTIVATION_BUDGET_BYTES
+        )
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        targets = sorted(base_layout(base_model_dir).leaves)
+        lora = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)  # adapter weights stay fp32 over a bf16 base
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        loss_before = _mean_loss(model, eval_plain, pad_id, device, tokens_per_pass)
 
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    total = max_steps or epochs * steps_per_epoch
-    warmup = max(1, total // 20)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
-    )
-    model.train()
-    step = 0
-    bar = tqdm(total=total, desc="training LoRA", unit="step", disable=not progress)
-    while step < total:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[start : start + batch_size]]
-            parts = [collate(batch[j : j + micro], pad_id) for j in range(0, len(batch), micro)]
-            tokens = sum(int((p[1][:, 1:] != IGNORE_INDEX).sum()) for p in parts)
-            step_loss = 0.0
-            for part in parts:  # token-weighted mean over the whole step
-                loss, _ = _loss_sum(model, part, device)
-                (loss / tokens).backward()
-                step_loss += loss.item() / tokens
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
-            if step >= total:
-                break
-    bar.close()
-    loss_after = _mean_loss(model, eval_set, pad_id, device, micro)
+        steps_per_epoch = math.ceil(len(examples) / batch_size)
+        total = max_steps or epochs * steps_per_epoch
+        warmup = max(1, total // 10)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: (
+                (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+            ),
+        )
+        model.train()
+        step = passes = 0
+        bar = tqdm(total=total, desc="training LoRA", unit="step", disable=not progress)
+        while step < total:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                batch = [examples[i] for i in order[start : start + batch_size]]
+                tokens = sum(sum(1 for t in y[1:] if t != IGNORE_INDEX) for _, y in batch)
+                step_loss = 0.0
+                for part in micro_batches([len(x) for x, _ in batch], tokens_per_pass):
+                    loss, _ = _loss_sum(model, collate([batch[i] for i in part], pad_id), device)
+                    (loss / tokens).backward()  # token-weighted mean over the whole step
+                    step_loss += loss.item() / tokens
+                    passes += 1
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+                if step >= total:
+                    break
+        bar.close()
+        loss_after = _mean_loss(model, eval_plain, pad_id, device, tokens_per_pass)
+        held_no_context = loss_after if held_plain else None
+        held_with_context = _mean_loss(model, held_context, pad_id, device, tokens_per_pass)
 
-    # Name the base model as clients and the registry know it, not the local folder.
-    model.peft_config["default"].base_model_name_or_path = base_model_name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
-    for extra in out_dir.iterdir():  # peft also writes a model card
-        if extra.name not in (CONFIG_NAME, WEIGHTS_NAME):
-            extra.unlink()
-    info = validate_adapter(
-        out_dir, base_model_name=base_model_name, base_model_dir=base_model_dir, max_rank=rank
-    )
-    return TrainResult(
-        out_dir=out_dir,
-        loss_before=loss_before,
-        loss_after=loss_after,
-        steps=step,
-        samples=len(examples),
-        context_samples=context_samples,
-        skipped=len(encoded) - len(examples),
-        seconds=time.monotonic() - started,
-        device=device,
-        info=info,
-        report=report,
-    )
+        # Name the base model as clients and the registry know it, not the local folder.
+        model.peft_config["default"].base_model_name_or_path = base_model_name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+        for extra in out_dir.iterdir():  # peft also writes a model card
+            if extra.name not in (CONFIG_NAME, WEIGHTS_NAME, TRAINING_NAME):
+                extra.unlink()
+        seconds = time.monotonic() - started
+        record = training_record(
+            base_model=base_model_name,
+            context={
+                "top_k": top_k,
+                "min_score": float(min_score),
+                "context_max_tokens": context_max_tokens,
+                "share": float(context_fraction),
+                "oracle_free_share": float(oracle_free_share),
+                "retrieval": retrieval_kind(qdrant),
+            }
+            if use_context
+            else None,
+            steps=step,
+            seconds=seconds,
+            samples=len(examples),
+            loss={
+                "before": round(loss_before, 4),
+                "after": round(loss_after, 4),
+                "held_out_no_context": _round(held_no_context),
+                "held_out_with_context": _round(held_with_context),
+            },
+        )
+        (out_dir / TRAINING_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        info = validate_adapter(
+            out_dir, base_model_name=base_model_name, base_model_dir=base_model_dir, max_rank=rank
+        )
+        return TrainResult(
+            out_dir=out_dir,
+            loss_before=loss_before,
+            loss_after=loss_after,
+            held_out_no_context=held_no_context,
+            held_out_with_context=held_with_context,
+            held_out=len(held_samples),
+            steps=step,
+            samples=len(examples),
+            context_samples=context_samples,
+            oracle_free_samples=oracle_free,
+            skipped=len(encoded) - len(examples),
+            passes=passes,
+            seconds=seconds,
+            peak_rss_bytes=peak_rss_bytes(),
+            device=device,
+            threads=threads,
+            gradient_checkpointing=bool(checkpointing),
+            info=info,
+            report=report,
+            record=record,
+        )
+
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def retrieval_kind(qdrant: QdrantSettings) -> str:
+    """How the served store searches with these settings: "hybrid" (dense candidates fused with
+    term matches of `text=`) or "dense"; the training store searched the same way."""
+    return getattr(qdrant, "retrieval", "dense")

@@ -11,20 +11,20 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters.cli import adapters_app
-from adapters.datacheck import normalise_rows
+from adapters.peft_files import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
 from adapters.train import (
     IGNORE_INDEX,
+    PAD_MULTIPLE,
     TrainingRefused,
     build_example,
-    embedder_for,
     encode_sample,
     load_context_chunks,
-    plan_context,
-    select_context,
+    micro_batches,
+    padded,
     train_lora,
 )
 from adapters.validation import validate_adapter
-from core.settings import BASE_MODEL_NAME, ChunkingSettings, EmbeddingSettings
+from core.settings import BASE_MODEL_NAME, ChunkingSettings, EmbeddingSettings, QdrantSettings
 from ingest.context import CONTEXT_HEADER, format_context, with_context
 from tests.helpers.adapter_files import base_model_dir
 
@@ -109,52 +109,50 @@ def test_context_chunks_are_the_ingestion_splitters_chunks(tmp_path: Path) -> No
 
 DOCS = [
     "Warehouse zones are named after birds: heron, kite, wren.",
-    "Every SKU has six digits and a checksum letter.",
     "Refunds above 500 euros need a manager's approval.",
     "The cafeteria opens at eight and closes at three.",
-    "Shipping to islands takes two extra days.",
+    *(
+        " ".join(f"Item {i} carries code ZX-{(i * 37) % 101}-QV." for i in range(j, j + 20))
+        for j in (0, 20, 40)
+    ),
 ]
 
 
-def test_select_context_puts_the_relevant_chunk_among_distractors() -> None:
-    queries = ["Which zone names are used in the warehouse?", "Who approves a big refund?"]
-    embed = embedder_for(EmbeddingSettings())
-    picked = select_context(queries, DOCS, distractors=2, rng=random.Random(0), embed=embed)
-    assert [len(p) for p in picked] == [3, 3]
-    assert DOCS[0] in picked[0] and DOCS[2] in picked[1]
-    assert all(len(set(p)) == 3 for p in picked)
-    # shuffled: over many draws the relevant chunk is not always first
-    fake = lambda texts: [[1.0, 0.0] if "zone" in t else [0.0, 1.0] for t in texts]  # noqa: E731
-    firsts = {
-        select_context(
-            ["zone?"], ["zone a", "b", "c"], distractors=2, rng=random.Random(s), embed=fake
-        )[0].index("zone a")
-        for s in range(20)
-    }
-    assert len(firsts) > 1
+# ---- micro-batches --------------------------------------------------------------------------
 
 
-def test_plan_context_gives_context_to_the_chosen_fraction() -> None:
-    samples, _ = normalise_rows(secret_codes(10))
-    fake = lambda texts: [[1.0, float(i)] for i, _ in enumerate(texts)]  # noqa: E731
-    prompts = plan_context(
-        samples, DOCS, fraction=0.3, distractors=1, rng=random.Random(1), embed=fake
-    )
-    with_ctx = [p for p in prompts if p[0]["role"] == "system"]
-    assert len(with_ctx) == 3
-    assert all(
-        p[0]["content"].startswith(CONTEXT_HEADER)
-        and "[2] " in p[0]["content"]
-        and "[3] " not in p[0]["content"]
-        for p in with_ctx
-    )
-    assert all(p[-1]["role"] == "user" for p in prompts)
+def test_micro_batches_sort_by_length_and_keep_each_pass_within_the_token_budget() -> None:
+    rng = random.Random(0)
+    lengths = [rng.choice([40, 90, 300, 700]) + rng.randrange(10) for _ in range(24)]
+    passes = micro_batches(lengths, 1024)
+    assert sorted(i for p in passes for i in p) == list(range(24))
+    for p in passes:
+        assert len(p) == 1 or len(p) * padded(max(lengths[i] for i in p)) <= 1024
+    # sorted: each pass's rows are no longer than the next pass's
+    widths = [[lengths[i] for i in p] for p in passes]
+    assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:], strict=False))
+    # short rows share passes, a row over the budget goes alone
+    assert len(passes) < 24 and micro_batches([2000, 10, 10], 1024) == [[1, 2], [0]]
+    assert padded(1) == PAD_MULTIPLE and padded(PAD_MULTIPLE) == PAD_MULTIPLE
 
 
 # ---- training -------------------------------------------------------------------------------
 
 
-def test_train_lora_lowers_the_loss_and_writes_a_valid_adapter(tmp_path: Path) -> None:
+def test_train_lora_with_raft_context_writes_the_adapter_and_its_exact_training_record(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import adapters.train
+
+    shapes: list[tuple[int, int]] = []
+    real_collate = adapters.train.collate
+
+    def collate(examples, pad_id):
+        batch = real_collate(examples, pad_id)
+        shapes.append(tuple(batch[0].shape))
+        return batch
+
+    monkeypatch.setattr(adapters.train, "collate", collate)
     out = tmp_path / "adapter"
     result = train_lora(
         secret_codes(60),
@@ -164,27 +162,99 @@ def test_train_lora_lowers_the_loss_and_writes_a_valid_adapter(tmp_path: Path) -
         **SERVED,
         rank=4,
         alpha=8,
-        max_steps=6,
+        max_steps=4,
         lr=3e-3,
         batch_size=4,
-        max_len=96,
-        eval_samples=8,
+        max_len=512,
+        tokens_per_pass=256,
         context_docs=DOCS,
-        context_fraction=0.1,
+        context_fraction=0.5,
+        top_k=2,
+        min_score=-1.0,
+        context_max_tokens=300,
+        oracle_free_share=0.2,
         progress=False,
     )
+    # 60 rows: 6 held out, 54 trained on, 27 of them with context, 5 of those without oracle
+    assert (result.held_out, result.samples, result.steps) == (6, 54, 4)
+    assert (result.context_samples, result.oracle_free_samples) == (27, 5)
     assert result.loss_after < result.loss_before, (result.loss_before, result.loss_after)
-    assert result.steps == 6 and result.samples == 60 and result.context_samples == 6
-    assert sorted(p.name for p in out.iterdir()) == [
-        "adapter_config.json",
-        "adapter_model.safetensors",
-    ]
-    config = json.loads((out / "adapter_config.json").read_text())
+    assert result.held_out_no_context == result.loss_after
+    assert result.held_out_with_context is not None
+    # every pass within the token budget (one long row alone); steps of 4 rows took more passes
+    assert shapes and all(rows * width <= 256 or rows == 1 for rows, width in shapes)
+    assert result.passes > result.steps
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CONFIG_NAME, WEIGHTS_NAME, TRAINING_NAME]
+    )
+    record = json.loads((out / TRAINING_NAME).read_text())
+    assert record == result.record
+    assert record == {
+        "format": 1,
+        "base_model": BASE_MODEL_NAME,
+        "context": {
+            "top_k": 2,
+            "min_score": -1.0,
+            "context_max_tokens": 300,
+            "share": 0.5,
+            "oracle_free_share": 0.2,
+            "retrieval": adapters.train.retrieval_kind(QdrantSettings()),
+        },
+        "steps": 4,
+        "seconds": record["seconds"],
+        "samples": 54,
+        "loss": {
+            "before": round(result.loss_before, 4),
+            "after": round(result.loss_after, 4),
+            "held_out_no_context": round(result.held_out_no_context, 4),
+            "held_out_with_context": round(result.held_out_with_context, 4),
+        },
+    }
+    assert record["context"]["retrieval"] in ("dense", "hybrid")
+    assert isinstance(record["seconds"], float) and 0 < record["seconds"] <= result.seconds + 1
+    assert result.peak_rss_bytes > 100 * 2**20
+    config = json.loads((out / CONFIG_NAME).read_text())
     assert config["base_model_name_or_path"] == BASE_MODEL_NAME
     info = validate_adapter(
         out, base_model_name=BASE_MODEL_NAME, base_model_dir=base_model_dir(), max_rank=16
     )
     assert info.rank == 4 and len(info.target_modules) == 7
+
+
+def test_cli_train_without_context_records_no_context_and_prints_losses_and_memory(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("RAGTUNE_MODEL_DIR", str(base_model_dir()))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in secret_codes(50)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        adapters_app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--rank",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-len",
+            "64",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / TRAINING_NAME).read_text())
+    assert record["context"] is None and record["steps"] == 2 and record["samples"] == 45
+    assert record["loss"]["held_out_with_context"] is None
+    assert record["loss"]["held_out_no_context"] == record["loss"]["after"]
+    assert "held-out answer loss (5 rows not trained on)" in result.output
+    held_line = next(x for x in result.output.splitlines() if "held-out answer loss" in x)
+    assert held_line.endswith("without context"), held_line
+    assert "peak memory" in result.output and "trained 2 steps" in result.output
 
 
 def test_train_lora_refuses_bad_data(tmp_path: Path) -> None:

@@ -71,9 +71,9 @@ def test_raft_context_is_split_and_embedded_with_the_servers_settings(
 
     seen: dict = {}
 
-    def plan_context(samples, chunks, *, embed, **kwargs):
+    def plan_context(samples, chunks, retriever, **kwargs):
         seen["chunks"] = list(chunks)
-        embed(["which zone holds shelf 42?"])  # the picking side's embedding model
+        seen["ranked"] = retriever.search("which zone holds shelf 42?", 3)  # the served search
         raise Stop
 
     monkeypatch.setattr(ingest.embedding, "shared_embedder", shared_embedder)
@@ -101,6 +101,7 @@ def test_raft_context_is_split_and_embedded_with_the_servers_settings(
     default = load_context_chunks(docs, chunking=ChunkingSettings(), embedding=served_embedding)
     assert len(chunks) > 2 * len(default)
     assert embedding_used and all(s == served_embedding for s in embedding_used)
+    assert len(seen["ranked"]) == 3
 
 
 def test_context_chunks_are_sized_in_the_configured_embedding_models_tokens(tmp_path) -> None:

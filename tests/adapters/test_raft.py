@@ -1,0 +1,188 @@
+"""RAFT context for training: oracle passages found from the answer's own rare terms, hard
+negatives from a real search of the served store, the serving top_k / floor / budget, and the
+share of context rows left without their oracle."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import ingest.store_edge
+from adapters.datacheck import normalise_rows
+from adapters.train import (
+    OracleFinder,
+    ServedRetriever,
+    compose_context,
+    plan_context,
+    terms,
+)
+from core.settings import EmbeddingSettings, QdrantSettings
+from ingest.context import CONTEXT_HEADER
+
+# A small manual: the syntax pages name some codes in their examples; the catalogue pages hold
+# the products' codes; the zone page the zones.
+MANUAL = [
+    "Move statement. Syntax: move SKU xQTY @FROM -> @TO; Example: move F2041 x40 @RF1 -> @FZ1; "
+    "moves forty bags of peas from the reefer dock to the first freezer.",
+    "Hold and release. Syntax: hold SKU @ZONE !REASON; Reasons: TMP temperature, DMG damaged, "
+    "CNT count mismatch. Example: hold C5220 @CH2 !TMP;",
+    "Zones. FZ1 and FZ2 are freezers, CH1 and CH2 chilled rooms, AM1 and AM2 ambient aisles, "
+    "RF1 the reefer dock, D1 and D2 the loading docks.",
+    "Chilled catalogue. Salted butter 250 g is C1107. Greek yoghurt 1 kg is C3318. Smoked salmon "
+    "is C4410. Chilled products stay in CH1 or CH2.",
+    "Frozen catalogue. Garden peas 1 kg is F2041. Fish fingers are F3310. Vanilla ice cream is "
+    "F5120. Frozen products stay in FZ1 or FZ2.",
+    "Count statement. Syntax: count @ZONE every 12h; counts a zone on a schedule. Example: "
+    "count @AM1 every 7d;",
+]
+
+
+def test_terms_are_the_codes_words_and_numbers_case_folded() -> None:
+    assert terms("hold C1107 @CH2 !TMP; x40 -> 7") == {"hold", "c1107", "ch2", "tmp", "x40", "7"}
+
+
+def test_the_oracle_is_the_chunk_holding_the_answers_rare_code_not_the_nearest_page() -> None:
+    find = OracleFinder(MANUAL)
+    instruction = "Block the salted butter in chilled room two: it got too warm."
+    answer = "hold C1107 @CH2 !TMP;"
+    oracles = find(answer, instruction)
+    # the hold page (hold, TMP, CH2) weighs most; the catalogue page adds C1107, which no other
+    # chunk holds; the zone page adds nothing once CH2 is covered
+    assert oracles == [1, 3], oracles
+    # a term the instruction states weighs half; a term in no chunk or every chunk nothing
+    w = find.weights("hold C1107 zz99", "C1107 please")
+    assert "zz99" not in w and w["c1107"] == pytest.approx(0.5 * find.weights("C1107")["c1107"])
+    everywhere = OracleFinder(["code Q1 here", "code Q2 there"])
+    assert "code" not in everywhere.weights("code Q1") and everywhere("code Q1") == [0]
+    # nothing rare in the answer (a term in 3 of 4 chunks): no oracle rather than a guess
+    assert OracleFinder(["ab c1", "ab c2", "ab c3", "de c4"])("ab", "") == []
+    assert OracleFinder(["ab c1", "ab c2", "ab c3", "de c4"])("ab c2", "") == [1]
+
+
+def test_compose_context_keeps_the_oracle_then_fills_with_served_hits_in_order() -> None:
+    ranked = [(4, 0.8), (0, 0.7), (2, 0.5), (5, 0.3), (1, 0.2)]
+    tokens = [100] * 6
+    # oracle 3 was not ranked: it goes after the ranked ones; hits follow retrieval order
+    got = compose_context(ranked, [3], tokens, top_k=3, min_score=0.0, max_tokens=1000)
+    assert got == [4, 0, 3]
+    # the ranked oracle sits at its rank
+    assert compose_context(ranked, [2], tokens, top_k=3, min_score=0.0, max_tokens=1000) == [
+        4,
+        0,
+        2,
+    ]
+    # the floor drops hits below it (never the oracle), the budget stops at the first misfit
+    assert compose_context(ranked, [1], tokens, top_k=4, min_score=0.45, max_tokens=1000) == [
+        4,
+        0,
+        2,
+        1,
+    ]
+    assert compose_context(ranked, [], tokens, top_k=4, min_score=0.0, max_tokens=250) == [4, 0]
+    assert compose_context(ranked, [], tokens, top_k=4, min_score=0.9, max_tokens=250) == []
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    with ServedRetriever(MANUAL, EmbeddingSettings(), QdrantSettings()) as r:
+        yield r
+
+
+def test_the_served_retriever_is_a_real_store_search_with_the_query_text(
+    retriever, monkeypatch
+) -> None:
+    calls: list[dict] = []
+    real = ingest.store_edge.EdgeChunkStore.search
+
+    def spy(self, tenant_id, vector, top_k, **kw):
+        calls.append({"k": top_k, **kw})
+        return real(self, tenant_id, vector, top_k, **kw)
+
+    monkeypatch.setattr(ingest.store_edge.EdgeChunkStore, "search", spy)
+    ranked = retriever.search("which products are in the frozen catalogue?", 64)
+    assert calls == [{"k": len(MANUAL), "text": "which products are in the frozen catalogue?"}]
+    assert [i for i, _ in ranked][0] == 4 and len(ranked) == len(MANUAL)
+    assert retriever.tokens == [retriever.embedder.count_tokens(c) for c in MANUAL]
+
+
+def rows(n: int) -> list[dict]:
+    products = [("salted butter", "C1107"), ("greek yoghurt", "C3318"), ("smoked salmon", "C4410")]
+    out = []
+    for i in range(n):
+        name, code = products[i % 3]
+        out.append(
+            {
+                "prompt": f"Task {i}: hold the {name} in CH{1 + i % 2}, it is damaged.",
+                "completion": f"hold {code} @CH{1 + i % 2} !DMG;",
+            }
+        )
+    return out
+
+
+def test_plan_context_gives_oracle_and_hard_negatives_and_respects_the_oracle_free_share(
+    retriever,
+) -> None:
+    samples, _ = normalise_rows(rows(20))
+    plan = plan_context(
+        samples,
+        MANUAL,
+        retriever,
+        fraction=0.5,
+        oracle_free_share=0.4,
+        top_k=3,
+        min_score=-1.0,
+        max_tokens=600,
+        rng=random.Random(0),
+    )
+    with_ctx = [i for i, k in enumerate(plan.kinds) if k != "none"]
+    assert len(with_ctx) == 10
+    assert plan.count("oracle_free") == 4 and plan.count("oracle") == 6
+    for i in range(20):
+        ctx, prompt = plan.contexts[i], plan.prompts[i]
+        assert 3 in plan.oracles[i]  # the chilled catalogue holds every code asked for
+        if plan.kinds[i] == "none":
+            assert ctx == [] and prompt[0]["role"] == "user"
+            continue
+        assert prompt[0]["role"] == "system" and prompt[0]["content"].startswith(CONTEXT_HEADER)
+        assert len(ctx) == 3
+        ranked = [c for c, _ in retriever.search(samples[i].instruction, 64)]
+        given_oracles = [c for c in plan.oracles[i] if c in ctx]
+        if plan.kinds[i] == "oracle_free":
+            assert not set(plan.oracles[i]) & set(ctx)
+        else:
+            assert 3 in ctx
+        # the others are the served search's best hits, minus the oracles, in its order
+        negatives = [c for c in ranked if c not in plan.oracles[i]][: 3 - len(given_oracles)]
+        assert sorted(ctx) == sorted(given_oracles + negatives)
+        assert ctx == sorted(ctx, key=ranked.index)
+
+
+def test_plan_context_cuts_to_the_budget_and_top_k(retriever) -> None:
+    samples, _ = normalise_rows(rows(6))
+    budget = max(retriever.tokens) + 5  # room for about one chunk
+    plan = plan_context(
+        samples,
+        MANUAL,
+        retriever,
+        fraction=1.0,
+        oracle_free_share=0.0,
+        top_k=4,
+        min_score=-1.0,
+        max_tokens=budget,
+        rng=random.Random(0),
+    )
+    for ctx in plan.contexts:
+        assert ctx and sum(retriever.tokens[c] for c in ctx) <= budget
+    plan = plan_context(
+        samples,
+        MANUAL,
+        retriever,
+        fraction=1.0,
+        oracle_free_share=0.0,
+        top_k=2,
+        min_score=-1.0,
+        max_tokens=5000,
+        rng=random.Random(0),
+    )
+    assert all(len(ctx) == 2 for ctx in plan.contexts)
