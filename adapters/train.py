@@ -77,7 +77,6 @@ HELD_OUT_SHARE = 0.1
 MAX_HELD_OUT = 32
 MIN_ROWS_FOR_HELD_OUT = 40
 RAFT_TENANT = "raft-training"
-RETRIEVAL_DEPTH = 64  # ranks looked up per instruction: where the oracle sits among the hits
 
 # ---- context: the serving side's chunks (ingest/) and retriever (a temporary store) ---------
 
@@ -296,7 +295,9 @@ def plan_context(
     )
     kinds = ["none"] * n
     contexts: list[list[int]] = [[] for _ in range(n)]
-    depth = max(RETRIEVAL_DEPTH, top_k + MAX_ORACLES)
+    # The served search's own top_k, plus room for the oracles it may hold: left out of an
+    # oracle-free row, they leave top_k distractors; an oracle it did not rank comes last.
+    depth = top_k + MAX_ORACLES
     for i in chosen:
         ranked = retriever.search(samples[i].instruction, depth)
         given = [] if i in free else oracles[i]

@@ -189,7 +189,7 @@ def served_prompts(tests: list[dict], docs: Path) -> list[list[dict]]:
             prompt = t["messages"][:-1]
             query = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
             kept = compose_context(
-                r.search(query, 64),
+                r.search(query, DEFAULT_TOP_K),
                 [],
                 r.tokens,
                 top_k=DEFAULT_TOP_K,
