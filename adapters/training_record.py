@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters.peft_files import TRAINING_NAME
-from core.errors import InvalidRequest
+from core.errors import AdapterError
 
 # Far above any real record (a few hundred bytes): read no more than this of it.
 MAX_RECORD_BYTES = 64 << 10
@@ -99,9 +99,8 @@ def read_training_record(folder: Path, *, param: str = "file") -> dict | None:
     `invalid_training_record` naming the field."""
     path = Path(folder) / TRAINING_NAME
 
-    def fail(why: str) -> InvalidRequest:
-        return InvalidRequest(f"{TRAINING_NAME}: {why}", code=INVALID_RECORD, param=param,
-                              status=422)
+    def fail(why: str) -> AdapterError:
+        return AdapterError(f"{TRAINING_NAME}: {why}", code=INVALID_RECORD, param=param)
 
     if not path.exists() and not path.is_symlink():
         return None

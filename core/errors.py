@@ -188,6 +188,8 @@ ADAPTER_ERROR_CODES = frozenset(
         "invalid_weights",
         "tensor_shape_mismatch",
         "unexpected_tensors",
+        # ragtune_training.json (optional: how `ragtune adapters train` trained it)
+        "invalid_training_record",
         # the engine
         "engine_rejected_adapter",
         "adapter_not_readable_by_engine",
