@@ -10,16 +10,17 @@ Split of the work:
 - Hybrid search: llama-index writes the BM25 term vector beside the dense one (its hybrid mode,
   with ingest/sparse.py's encoder as its `sparse_doc_fn`: the same vectors Edge stores, nothing
   from fastembed or a hub). Its hybrid *query* fuses client-side by relative score and returns
-  fused scores, not cosines, so a hybrid search is qdrant-client's `query_batch_points`: the term
-  list alone (each hit's BM25 score) and Qdrant's RRF over a dense and a term prefetch, both
-  under the search's filter, with the dense vectors (for each hit's cosine); llama-index turns
-  the points back into nodes (`parse_to_query_result`).
+  fused scores, not cosines, so a hybrid search is qdrant-client's `query_batch_points` (one
+  round trip) of three: the dense top-1 (the routing signal), the term list alone (each hit's
+  BM25 score), and Qdrant's RRF over a dense and a term prefetch, both under the search's
+  filter, with the dense vectors (each hit's cosine); llama-index turns the points back into
+  nodes (`parse_to_query_result`).
 - A collection made before hybrid search has no term vector. Opening it adds one
-  (`create_vector_name`, Qdrant >= 1.17 and qdrant-client's local mode) and backfills the points
-  that lack it from their text, batch by batch (a crash halfway is finished by the next open;
-  replicas opening at once write the same vectors). A server that cannot add a vector keeps
-  working dense-only, with a warning, until the collection is rebuilt (re-upload into a new
-  `collection`).
+  (`create_vector_name`: recent servers, e.g. the 1.20 of docker-compose.yml, and qdrant-client's
+  local mode) and backfills the points that lack it from their text, batch by batch (a crash
+  halfway is finished by the next open; replicas opening at once write the same vectors). A
+  server that cannot add a vector keeps working dense-only, with a warning, until the
+  collection is rebuilt (re-upload into a new `collection`).
 """
 
 from __future__ import annotations
