@@ -151,13 +151,13 @@ def new_recipe(ex: Example, steps: int | None, model_dir: Path) -> list[str]:
     return cmd + (["--max-steps", str(steps)] if steps else [])
 
 
-def trained_context(folder: Path) -> dict | None:
-    """The retrieval an adapter was trained with, from its training record (None: without
-    context, or no record)."""
+def trained_context(folder: Path) -> tuple[bool, dict | None]:
+    """(whether the adapter has a training record, the retrieval it was trained with: None when
+    it was trained without context)."""
     record = folder / TRAINING_RECORD
     if not record.is_file():
-        return None
-    return json.loads(record.read_text()).get("context")
+        return False, None
+    return True, json.loads(record.read_text()).get("context")
 
 
 def policy_field(name: str) -> bool:
@@ -299,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             served_ragtune(
                 tmp,
                 args.model_dir,
-                extra_env={"RAGTUNE_ENGINE__MAX_MODEL_LEN": str(ex.max_model_len)},
+                # a quality benchmark: a slow, shared CPU must not turn into failed requests
+                extra_env={
+                    "RAGTUNE_ENGINE__MAX_MODEL_LEN": str(ex.max_model_len),
+                    "RAGTUNE_ENGINE__REQUEST_TIMEOUT_S": "1800",
+                },
             ) as proc,
             httpx.Client(base_url=proc.url, timeout=600) as c,
         ):
@@ -330,9 +334,17 @@ def main(argv: list[str] | None = None) -> int:
                 # The context it was trained with: ragtune serves an adapter's training record
                 # (adapter_context "trained", the default); the policy repeats the record's
                 # figures, so the rag path's retrieval is the same wherever it is used.
-                ctx = trained_context(folders["new"]) or {}
-                new = {f: ctx[f] for f in ("top_k", "min_score", "context_max_tokens") if f in ctx}
-                print(f"   {ARMS['new']}: served with the trained context {new or 'unknown'}")
+                has_record, ctx = trained_context(folders["new"])
+                fields = ("top_k", "min_score", "context_max_tokens")
+                new = {f: ctx[f] for f in fields if f in (ctx or {})}
+                served = (
+                    f"the context it was trained with, {new}"
+                    if ctx
+                    else "no passages (trained without context)"
+                    if has_record
+                    else "the default policy's context (no training record)"
+                )
+                print(f"   {ARMS['new']}: served with {served}")
                 k = tenant(c, admin, f"{prefix}-adapter-rag-new", new)
                 upload_manual(c, k, ex.manual)
                 register(proc.url, k, folders["new"], name)
