@@ -245,7 +245,7 @@ class EdgeChunkStore(DeletesByFilter):
         shard = self._shard
         self._check_open()
         if shard is None or top_k <= 0:
-            return []
+            return Hits()
         if self._dim is not None and len(vector) != self._dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
         s = self._settings
@@ -286,7 +286,12 @@ class EdgeChunkStore(DeletesByFilter):
             qe.QueryBatchRequest(
                 [
                     # The dense search alone, for top_score: the routing signal stays dense.
-                    qe.QueryRequest(limit=1, query=dense.query, filter=flt, params=dense.params),
+                    qe.QueryRequest(
+                        limit=1,
+                        query=dense.query,
+                        filter=flt,
+                        params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, top_k), acorn=acorn),
+                    ),
                     # The term candidates alone, for each hit's BM25 score.
                     qe.QueryRequest(limit=depth, query=sparse, filter=flt, with_payload=False),
                     qe.QueryRequest(

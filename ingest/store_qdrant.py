@@ -241,7 +241,7 @@ class ServerChunkStore(DeletesByFilter):
         require_tenant(tenant_id)
         store = self._store
         if store is None or top_k <= 0:
-            return []
+            return Hits()
         if len(vector) != self._dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
         must_not = None
@@ -278,7 +278,11 @@ class ServerChunkStore(DeletesByFilter):
             [
                 # The dense search alone, for top_score: the routing signal stays dense.
                 models.QueryRequest(
-                    query=vector, filter=flt, limit=1, params=dense.params, with_payload=False
+                    query=vector,
+                    filter=flt,
+                    limit=1,
+                    params=self._params(top_k),
+                    with_payload=False,
                 ),
                 # The term candidates alone, for each hit's BM25 score.
                 models.QueryRequest(
