@@ -131,40 +131,72 @@ def terms(text: str) -> set[str]:
 
 
 class OracleFinder:
-    """Which chunks hold what an answer uses. Each answer term weighs its IDF over the chunks
-    (a code in one chunk weighs much, a keyword in most chunks little, a term in every chunk or
-    none nothing); a term the instruction already states weighs half, since the context need
-    not supply it. Chunks are picked greedily by the weight of the answer terms they add (the
-    statement's page, then a product's catalogue page), up to `max_oracles`; a chunk must add a
-    term found in at most half of the chunks to count."""
+    """Which chunks hold what an answer uses, found from the answer's own terms.
+
+    Each answer term weighs its IDF over the chunks (a code in one chunk weighs much, a keyword
+    in most chunks little, a term in every chunk or in none nothing); a term the instruction
+    already states weighs half, since the context need not supply it. A chunk is eligible only
+    if it holds an answer term found in at most half of the chunks. An eligible chunk also
+    scores the instruction's specific terms (in at most LINK_DF chunks) that it holds NEAR an
+    answer term the instruction does not state (within LINK_WINDOW words):
+    they are what ties the fact to the question ("fish fingers" beside `F2215` on the
+    catalogue page), and they keep a manual example that merely uses the same code (`move F2215
+    x24 ...` on the move page) from passing for the source of the fact; an adapter trained on
+    such a coincidence learns to copy the examples' values. Chunks are picked greedily, each
+    for the answer terms not yet covered, up to `max_oracles`."""
+
+    LINK_WINDOW = 6
+    LINK_DF = 3
 
     def __init__(self, chunks: Sequence[str], max_oracles: int = MAX_ORACLES) -> None:
+        self.words = [[t.casefold() for t in _TERM.findall(c)] for c in chunks]
         self.chunk_terms = [terms(c) for c in chunks]
         self.df = Counter(t for ts in self.chunk_terms for t in ts)
         self.n = len(chunks)
         self.max_oracles = max_oracles
-        self.min_gain = math.log(2) * 0.999  # one term in half of the chunks
+        self.rare = math.log(2) * 0.999  # IDF of a term in half of the chunks
+
+    def idf(self, term: str) -> float:
+        df = self.df[term]
+        return math.log(self.n / df) if 0 < df < self.n else 0.0
 
     def weights(self, answer: str, instruction: str = "") -> dict[str, float]:
         stated = terms(instruction)
-        return {
-            t: math.log(self.n / self.df[t]) * (0.5 if t in stated else 1.0)
-            for t in terms(answer)
-            if 0 < self.df[t] < self.n
-        }
+        weights = {t: self.idf(t) * (0.5 if t in stated else 1.0) for t in terms(answer)}
+        return {t: w for t, w in weights.items() if w > 0}
+
+    def links(self, i: int, answer_terms: set[str], instruction_terms: set[str]) -> set[str]:
+        """The instruction's terms found within LINK_WINDOW words of an answer term in chunk i."""
+        words, w = self.words[i], self.LINK_WINDOW
+        near: set[str] = set()
+        for pos, word in enumerate(words):
+            if word in answer_terms:
+                near.update(words[max(0, pos - w) : pos + w + 1])
+        return near & instruction_terms
 
     def __call__(self, answer: str, instruction: str = "") -> list[int]:
         wanted = self.weights(answer, instruction)
+        rare = {t for t in wanted if self.idf(t) >= self.rare}
+        stated = terms(instruction)
+        # the question's specific words (in at most LINK_DF chunks), not its function words
+        asked = {t for t in stated - terms(answer) if 0 < self.df[t] <= self.LINK_DF}
         picked: list[int] = []
-        while wanted and len(picked) < self.max_oracles:
-            gain, best = max(
-                (sum(w for t, w in wanted.items() if t in ts), -i)
-                for i, ts in enumerate(self.chunk_terms)
-            )
-            if gain < self.min_gain:
+        while rare and len(picked) < self.max_oracles:
+            scored = []
+            for i, ts in enumerate(self.chunk_terms):
+                if i in picked or not rare & ts:
+                    continue
+                held = {t for t in wanted if t in ts}
+                linked = self.links(i, held - stated, asked)
+                gain = sum(wanted[t] for t in held) + sum(self.idf(t) for t in linked)
+                scored.append((gain, -i))
+            if not scored:
                 break
-            picked.append(-best)
-            wanted = {t: w for t, w in wanted.items() if t not in self.chunk_terms[-best]}
+            best = -max(scored)[1]
+            picked.append(best)
+            covered = self.chunk_terms[best]
+            wanted = {t: w for t, w in wanted.items() if t not in covered}
+            rare -= covered
         return picked
 
 

@@ -25,7 +25,7 @@ from ingest.context import CONTEXT_HEADER
 # the products' codes; the zone page the zones.
 MANUAL = [
     "Move statement. Syntax: move SKU xQTY @FROM -> @TO; Example: move F2041 x40 @RF1 -> @FZ1; "
-    "moves forty bags of peas from the reefer dock to the first freezer.",
+    "moves forty units from the reefer dock into FZ1.",
     "Hold and release. Syntax: hold SKU @ZONE !REASON; Reasons: TMP temperature, DMG damaged, "
     "CNT count mismatch. Example: hold C5220 @CH2 !TMP;",
     "Zones. FZ1 and FZ2 are freezers, CH1 and CH2 chilled rooms, AM1 and AM2 ambient aisles, "
@@ -48,9 +48,13 @@ def test_the_oracle_is_the_chunk_holding_the_answers_rare_code_not_the_nearest_p
     instruction = "Block the salted butter in chilled room two: it got too warm."
     answer = "hold C1107 @CH2 !TMP;"
     oracles = find(answer, instruction)
-    # the hold page (hold, TMP, CH2) weighs most; the catalogue page adds C1107, which no other
-    # chunk holds; the zone page adds nothing once CH2 is covered
-    assert oracles == [1, 3], oracles
+    # the catalogue page holds C1107, which no other chunk holds, beside the instruction's
+    # "salted butter"; then the hold page (hold, TMP); the zone page adds nothing rare after them
+    assert oracles == [3, 1], oracles
+    # a code that a syntax page's example happens to use is not its source: the catalogue
+    # page, which also names the product, is
+    peas = find("move F2041 x5 @RF1 -> @FZ2;", "Move five bags of garden peas into freezer two.")
+    assert peas[0] == 4, peas
     # a term the instruction states weighs half; a term in no chunk or every chunk nothing
     w = find.weights("hold C1107 zz99", "C1107 please")
     assert "zz99" not in w and w["c1107"] == pytest.approx(0.5 * find.weights("C1107")["c1107"])
