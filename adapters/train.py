@@ -72,7 +72,7 @@ MAX_ORACLES = 2
 DEFAULT_TOKENS_PER_PASS = 2048
 ACTIVATION_BYTES_PER_TOKEN = 1_500_000
 ACTIVATION_BUDGET_BYTES = 3_500_000_000
-PAD_MULTIPLE = 16  # fewer distinct tensor shapes: less allocator fragmentation on CPU
+PAD_MULTIPLE = 16  # fewer distinct tensor shapes for the allocator to keep
 HELD_OUT_SHARE = 0.1
 MAX_HELD_OUT = 32
 MIN_ROWS_FOR_HELD_OUT = 40
@@ -453,18 +453,6 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _limit_malloc_arenas() -> None:
-    """glibc keeps freed activation buffers of varying sizes in its heaps and RSS creeps up
-    step after step; allocations of 4 MiB and more are mapped and unmapped instead."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 # ---- the training run -----------------------------------------------------------------------
 
 
@@ -593,7 +581,6 @@ def train_lora(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _limit_malloc_arenas()
         samples = [s for s in normalise_rows(train_rows)[0] if s.completion.strip()]
         if not samples:
             raise ValueError("no usable training samples")
