@@ -1,0 +1,173 @@
+"""The hybrid path composes, through the real vLLM: an adapter trained during the session by
+`ragtune adapters train --context-docs` (RAFT) writes a small made-up language, and retrieval
+supplies the facts it needs from the tenant's uploaded documents.
+
+- A fact that exists only in the tenant's documents (an item code) appears in the adapter's
+  answer, in the language's syntax.
+- The same adapter registered by a tenant without documents does not produce it: the fact came
+  from retrieval, not from the adapter's weights.
+- The update story: a new version of the document renames the code; with no retraining the
+  answer uses the new code and no longer the old one.
+
+The language ("reserve orders"): `reserve <CODE> x<QTY> @S<STORE>;`. The instruction names a
+product by name and gives the quantity and store; the code is on the product's shelf card only.
+Training products and codes never occur in the test's documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.api import wait_job
+from tests.helpers.server import ragtune_command
+
+pytestmark = pytest.mark.integration
+
+SYNTAX = re.compile(r"^reserve ([A-Z]{2}-\d{4}) x(\d+) @S(\d+);$")
+ADJ = ["amber", "brass", "cedar", "copper", "coral", "denim", "ember", "flint", "frost",
+       "garnet", "hazel", "indigo", "ivory", "jade", "lemon", "linen", "maple", "mint", "olive",
+       "onyx", "pearl", "plum", "quartz", "rust", "sable", "slate", "teal", "topaz", "umber"]
+NOUN = ["lantern", "kettle", "basket", "blanket", "candle", "jar", "ladle", "mirror", "pillow",
+        "rug", "stool", "teapot", "tray", "vase", "whisk", "bowl"]
+LETTERS = "BCDFGHKLMNPRSTVZ"
+
+# The tenant's own product, never seen in training: its code is only in the uploaded document.
+PRODUCT = "saffron gazebo"
+CODE_V1, CODE_V2 = "QW-7302", "JX-5816"
+QUESTION = f"Reserve 3 of the {PRODUCT} for store 12."
+EXPECTED = {1: f"reserve {CODE_V1} x3 @S12;", 2: f"reserve {CODE_V2} x3 @S12;"}
+# Neighbours on the same shelf: retrieval must pick the right card among them.
+NEIGHBOURS = [("velvet hammock", "TB-4410"), ("cobalt trellis", "HN-2298")]
+TRAIN_ARGS = ["--rank", "8", "--max-steps", "40", "--batch-size", "4", "--max-len", "320",
+              "--lr", "2e-3", "--context-fraction", "0.9", "--top-k", "2",
+              "--oracle-free-share", "0.1", "--held-out", "0.05"]
+MAX_TOKENS = 24
+JOB_TIMEOUT_S = 180
+
+
+def shelf_card(name: str, code: str, aisle: int) -> str:
+    return f"Shelf card: {name}.\nItem code {code}. Stored in aisle {aisle}.\n"
+
+
+def training_set(root: Path) -> tuple[Path, Path]:
+    """40 products on shelf cards (the context documents) and 80 reserve orders for them."""
+    rng = random.Random(7)
+    names = sorted({f"{a} {n}" for a in ADJ for n in NOUN})
+    products = [(name, f"{rng.choice(LETTERS)}{rng.choice(LETTERS)}-{rng.randrange(1000, 9999)}")
+                for name in rng.sample(names, 40)]
+    docs = root / "cards"
+    docs.mkdir()
+    for name, code in products:
+        (docs / f"{name.replace(' ', '-')}.txt").write_text(
+            shelf_card(name, code, rng.randrange(1, 20)))
+    rows = []
+    for name, code in products:
+        for _ in range(2):
+            qty, store = rng.randrange(1, 10), rng.randrange(1, 40)
+            rows.append({"messages": [
+                {"role": "user", "content": f"Reserve {qty} of the {name} for store {store}."},
+                {"role": "assistant", "content": f"reserve {code} x{qty} @S{store};"},
+            ]})
+    rng.shuffle(rows)
+    data = root / "orders.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data, docs
+
+
+def _env(server, base_model_dir) -> dict:
+    return {**os.environ, "RAGTUNE_MODEL_DIR": str(base_model_dir), "HF_HUB_OFFLINE": "1",
+            "RAGTUNE_URL": server.url}
+
+
+@pytest.fixture(scope="module")
+def raft_adapter(server, base_model_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("raft")
+    data, docs = training_set(root)
+    out = root / "adapter"
+    done = subprocess.run(
+        [*ragtune_command(), "adapters", "train", "--data", str(data), "--out", str(out),
+         "--context-docs", str(docs), *TRAIN_ARGS],
+        env=_env(server, base_model_dir), capture_output=True, text=True, timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "ragtune_training.json").read_text())
+    assert record["context"]["top_k"] == 2, record
+    return out
+
+
+def register(server, base_model_dir, key: str, folder: Path) -> dict:
+    done = subprocess.run(
+        [*ragtune_command(), "adapters", "register", str(folder), "--name", "orders",
+         "--description", "reserve orders", "--examples", "[]", "--key", key],
+        env=_env(server, base_model_dir), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def upload_cards(http: httpx.Client, headers: dict, cards: list[tuple[str, str]]) -> dict:
+    """One document per shelf card (its id derived from the file name, as for any upload)."""
+    files = [("file", (f"{name.replace(' ', '-')}.txt", shelf_card(name, code, 6).encode(),
+                       "text/plain")) for name, code in cards]
+    r = http.post("/v1/documents", headers=headers, files=files)
+    assert r.status_code == 202, r.text
+    return wait_job(http, headers, r.json()["job_id"], timeout=JOB_TIMEOUT_S)
+
+
+def ask(http: httpx.Client, headers: dict) -> dict:
+    r = http.post("/v1/chat/completions", headers=headers, json={
+        "model": "orders", "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0, "max_tokens": MAX_TOKENS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["route"]["path"] == "adapter_rag", body["route"]
+    return body
+
+
+def answer(body: dict) -> str:
+    return body["choices"][0]["message"]["content"].strip()
+
+
+def test_the_fact_comes_from_retrieval_and_follows_the_document(server, base_model_dir,
+                                                                 raft_adapter):
+    key = server.new_tenant("hybrid-story")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert register(server, base_model_dir, key, raft_adapter)["status"] == "ready"
+    bare_key = server.new_tenant("hybrid-story-nodocs")
+    bare = {"Authorization": f"Bearer {bare_key}"}
+    register(server, base_model_dir, bare_key, raft_adapter)
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        job = upload_cards(http, headers, [(PRODUCT, CODE_V1), *NEIGHBOURS])
+        assert job["state"] == "succeeded", job
+
+        body = ask(http, headers)
+        # served with the context the adapter was trained with, and says so
+        signals = body["route"]["signals"]
+        assert signals.get("top_k") == 2 and signals.get("context_from") == "adapter", signals
+        assert any(CODE_V1 in c["text"] for c in body["citations"]), body["citations"]
+        text = answer(body)
+        assert SYNTAX.match(text), text  # the adapter's language
+        assert text == EXPECTED[1], text  # with the fact from the tenant's document
+
+        # the same adapter, no documents: the code is nowhere to be found
+        alone = ask(http, bare)
+        assert alone["citations"] == []
+        assert CODE_V1 not in answer(alone), answer(alone)
+
+        # a new version renames the code; no retraining
+        job = upload_cards(http, headers, [(PRODUCT, CODE_V2)])  # its version 2
+        assert job["state"] == "succeeded", job
+        body = ask(http, headers)
+        text = answer(body)
+        assert SYNTAX.match(text), text
+        assert CODE_V2 in text and CODE_V1 not in text, text
+        cited = {c["document_id"]: c["version"] for c in body["citations"]}
+        assert cited.get(PRODUCT.replace(" ", "-")) == 2, body["citations"]
