@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -144,11 +145,14 @@ def old_recipe(ex: Example, steps: int, model_dir: Path, context: bool) -> list[
     return cmd
 
 
-def new_recipe(ex: Example, steps: int | None, model_dir: Path) -> list[str]:
-    """The training defaults, with the manual as context docs: what a tenant would run."""
+def new_recipe(
+    ex: Example, steps: int | None, model_dir: Path, extra: str = ""
+) -> list[str]:
+    """The training defaults, with the manual as context docs: what a tenant would run (plus
+    `extra`, e.g. the serving k that bench/hybrid.py chose for the example's questions)."""
     cmd = [RAGTUNE, "adapters", "train", "--data", str(ex.train_data),
            "--context-docs", str(ex.manual), "--base-model-dir", str(model_dir)]  # fmt: skip
-    return cmd + (["--max-steps", str(steps)] if steps else [])
+    return cmd + (["--max-steps", str(steps)] if steps else []) + shlex.split(extra)
 
 
 def trained_context(folder: Path) -> tuple[bool, dict | None]:
@@ -222,7 +226,9 @@ ARMS = {
     "adapter": "adapter",
     "old": "adapter + RAG (old recipe)",
     "new": "adapter + RAG (new training)",
+    "new-alone": "new training, no documents",  # part of the "new" arm
 }
+CHOICES = [a for a in ARMS if a != "new-alone"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,14 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--example", choices=sorted(EXAMPLES), default="dsl")
     p.add_argument(
         "--arms",
-        default=",".join(ARMS),
-        help=f"comma-separated subset of {','.join(ARMS)} (default: all five)",
+        default=",".join(CHOICES),
+        help=f"comma-separated subset of {','.join(CHOICES)} (default: all five)",
     )
     p.add_argument("--steps", type=int, default=150, help="training steps, old-recipe adapters")
     p.add_argument(
         "--new-steps",
         type=int,
         help="cap the new training at this many steps (default: the training's own default)",
+    )
+    p.add_argument(
+        "--new-train-args",
+        default="",
+        help="more options for the new training, e.g. '--top-k 8 --context-max-tokens 1400'",
     )
     p.add_argument("--limit", type=int, default=60, help="test rows (of 60)")
     p.add_argument(
@@ -260,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)
     ex = EXAMPLES[args.example]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if unknown := set(arms) - set(ARMS):
-        p.error(f"unknown arms {sorted(unknown)}; choose from {','.join(ARMS)}")
+    if unknown := set(arms) - set(CHOICES):
+        p.error(f"unknown arms {sorted(unknown)}; choose from {','.join(CHOICES)}")
     max_tokens = args.max_tokens or ex.max_tokens
     score = score_module(ex.folder).score
     rows = [json.loads(x) for x in ex.test_data.read_text().splitlines()][: args.limit]
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"   {ARMS[arm]}: training")
         if arm == "new":
-            cmd = new_recipe(ex, args.new_steps, args.model_dir)
+            cmd = new_recipe(ex, args.new_steps, args.model_dir, args.new_train_args)
         else:
             cmd = old_recipe(ex, args.steps, args.model_dir, context=arm == "old")
         folders[arm] = train(cmd, store / sub[arm], times, arm)
@@ -349,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                 upload_manual(c, k, ex.manual)
                 register(proc.url, k, folders["new"], name)
                 preds["new"] = answers(c, k, rows, name, None, max_tokens)
+                # The same adapter for a tenant without documents: what it knows by itself
+                # (near 0% on the fact tasks, or the facts did not come from retrieval).
+                k = tenant(c, admin, f"{prefix}-adapter-new-alone", new)
+                register(proc.url, k, folders["new"], name)
+                preds["new-alone"] = answers(c, k, rows, name, None, max_tokens)
         needs = [i for i, r in enumerate(rows) if r.get("needs_manual")]
         print(
             f"\n3. {ex.language} on {len(rows)} held-out tasks ({len(needs)} need a fact from the "
