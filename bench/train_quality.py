@@ -18,6 +18,11 @@ Each is generated greedily with transformers (`--max-new-tokens`, default 96) on
 them) and scored with the example's score.py (loaded by path): syntax valid and task correct,
 all rows and the rows marked `needs_manual`. Prints per setup: scores, training steps, wall time,
 peak RSS; and the ratio ragtune / plain. Train set: data/train.jsonl; test: data/test.jsonl.
+
+Measured (issue 13; 2 cores shared with other jobs, load 3-7, --threads 1, so times are slow):
+`--example examples/dsl --steps 20 --limit 8`: ragtune 50% valid / 12% correct, plain 0% / 0%;
+training 573 s vs 660 s, peak RSS 4.97 GB vs 6.31 GB; ragtune's held-out answer loss (32 rows)
+3.48 -> 0.51. A 20-step run shows which recipe learns faster, not where 150 steps end up.
 """
 
 from __future__ import annotations
