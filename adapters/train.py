@@ -251,10 +251,18 @@ class ServedRetriever:
             ]
         )
 
-    def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """(chunk index, score), best first, as the served search ranks them."""
+    def search(self, query: str, k: int, floor: float | None = None) -> list[tuple[int, float]]:
+        """(chunk index, score), best first, as the served search ranks them; with `floor`,
+        only the hits serving would show under that floor (its one rule,
+        `ingest.retrieval.passes`: a term hit holding the query's code passes below it)."""
+        from ingest.retrieval import passes
+        from ingest.sparse import identifiers
+
         vector = self.embedder.query(query)
         hits = self.store.search(RAFT_TENANT, vector, min(k, len(self.chunks)), text=query)
+        if floor is not None:
+            names = identifiers(query)
+            hits = [h for h in hits if passes(h, floor, names)]
         return [(h.chunk_index, h.score) for h in hits]
 
     def close(self) -> None:
@@ -331,14 +339,15 @@ def plan_context(
     # oracle-free row, they leave top_k distractors; an oracle it did not rank comes last.
     depth = top_k + MAX_ORACLES
     for i in chosen:
-        ranked = retriever.search(samples[i].instruction, depth)
+        # Serving's floor rule picks what may be shown; compose_context cuts no further.
+        ranked = retriever.search(samples[i].instruction, depth, floor=min_score)
         given = [] if i in free else oracles[i]
         contexts[i] = compose_context(
             ranked,
             given,
             retriever.tokens,
             top_k=top_k,
-            min_score=min_score,
+            min_score=float("-inf"),
             max_tokens=max_tokens,
             leave_out=oracles[i],
         )

@@ -111,6 +111,28 @@ def test_the_served_retriever_is_a_real_store_search_with_the_query_text(
     assert retriever.tokens == [retriever.embedder.count_tokens(c) for c in MANUAL]
 
 
+
+
+def test_the_served_retriever_applies_servings_floor_rule(retriever) -> None:
+    """The floor the training context is cut with is serving's rule (ingest.retrieval.passes),
+    not a bare cosine cut: a chunk the term side found holding the query's code is shown
+    under a floor its cosine misses, as serving shows it."""
+    from adapters.train import RAFT_TENANT
+    from ingest.retrieval import passes
+    from ingest.sparse import identifiers
+
+    query = "Which product has SKU C3318?"
+    code_chunk = next(i for i, text in enumerate(MANUAL) if "C3318" in text)
+    hits = retriever.store.search(
+        RAFT_TENANT, retriever.embedder.query(query), len(MANUAL), text=query
+    )
+    cosine = next(h.score for h in hits if h.chunk_index == code_chunk)
+    floor = cosine + 0.3  # far above that chunk's cosine
+    shown = [i for i, _ in retriever.search(query, len(MANUAL), floor=floor)]
+    assert code_chunk in shown
+    assert shown == [h.chunk_index for h in hits if passes(h, floor, identifiers(query))]
+    assert len(shown) < len(MANUAL)  # the floor did cut something
+
 def rows(n: int) -> list[dict]:
     products = [("salted butter", "C1107"), ("greek yoghurt", "C3318"), ("smoked salmon", "C4410")]
     out = []
