@@ -23,7 +23,8 @@ Measured (issue 13; 2 cores shared with other jobs, load 3-7, --threads 1, so ti
 `--example examples/dsl --steps 20 --limit 8`: ragtune 50% valid / 12% correct, plain 0% / 0%;
 training 573 s vs 660 s, peak RSS 4.97 GB vs 6.31 GB; ragtune's held-out answer loss (32 rows)
 3.48 -> 0.51. `--example examples/brisling`, same options: ragtune 75% / 50%, plain 0% / 0%;
-training 911 s vs 627 s, peak RSS 6.91 GB vs 8.69 GB (generation included). A 20-step run shows which recipe learns faster, not where 150 steps end up.
+training 911 s vs 627 s, peak RSS 6.91 GB vs 8.69 GB (generation included). A 20-step run
+shows which recipe learns faster, not where 150 steps end up.
 """
 
 from __future__ import annotations
