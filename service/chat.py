@@ -25,7 +25,7 @@ from core.metrics import Metrics
 from core.settings import LimitSettings
 from ingest.context import with_context
 from service.limits import RateLimiter
-from service.path_router import PathRouter, Routed
+from service.path_router import PathRouter, Routed, context_plan
 from service.policy import Policy, RouteDecision
 from service.protocol import ChatRequest, Message
 from service.tenants import TenantView
@@ -55,6 +55,7 @@ class Prepared:
     tenant_id: str
     policy: Policy
     engine_seconds: float | None = None  # the engine's answer, once a non-streamed one came
+    request: ChatRequest | None = None  # what the client sent: a re-route after a hot swap
 
     @property
     def decision(self) -> RouteDecision:
@@ -144,20 +145,16 @@ class ChatService:
         routed = await self.router.route(
             tenant.id, policy, _last_user_text(req.messages), req.route, named
         )
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        if policy.system_prompt:
-            messages = _with_system_prompt(messages, policy.system_prompt)
-        messages = with_context(messages, routed.context)
         body: dict[str, Any] = {
             "model": routed.adapter.engine_name if routed.adapter else self.base_model,
-            "messages": messages,
+            "messages": _engine_messages(req, policy, routed),
             "max_tokens": max_tokens,
         }
         for name in FORWARDED:
             value = getattr(req, name, None)
             if value is not None:
                 body[name] = value
-        return Prepared(routed, body, tenant.id, policy)
+        return Prepared(routed, body, tenant.id, policy, request=req)
 
     def _served_as(self, p: Prepared) -> str:
         return p.adapter.name if p.adapter else self.base_model
@@ -182,9 +179,21 @@ class ChatService:
         if not now:
             raise NotFound(f"The model '{p.adapter.name}' does not exist any more.",
                            code="model_not_found", param="model")
-        p.routed.adapter = now[0]
-        p.routed.decision.adapter = now[0].label
-        p.body["model"] = now[0].engine_name
+        current = now[0]
+        if p.request is not None and context_plan(p.policy, current) != context_plan(
+            p.policy, p.adapter
+        ):
+            # The new version was trained with other context (another top_k, floor or budget,
+            # or none): route again as a request naming it would be, so it gets its own.
+            p.routed = await self.router.route(
+                p.tenant_id, p.policy, _last_user_text(p.request.messages), p.request.route,
+                current,
+            )
+            p.body["messages"] = _engine_messages(p.request, p.policy, p.routed)
+        else:
+            p.routed.adapter = current
+            p.routed.decision.adapter = current.label
+        p.body["model"] = current.engine_name
 
     async def complete(self, p: Prepared) -> dict:
         started = time.perf_counter()
@@ -310,3 +319,12 @@ def _with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
         first["content"] = f"{system_prompt}\n\n{Message(**messages[0]).text()}"
         return [first, *messages[1:]]
     return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def _engine_messages(req: ChatRequest, policy: Policy, routed: Routed) -> list[dict]:
+    """The conversation the engine gets: the client's messages, the tenant's system prompt,
+    and the retrieved context the route gathered."""
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    if policy.system_prompt:
+        messages = _with_system_prompt(messages, policy.system_prompt)
+    return with_context(messages, routed.context)

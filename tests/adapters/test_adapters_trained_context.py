@@ -286,3 +286,44 @@ def test_auto_serves_the_matching_adapter_its_trained_context(client, tmp_path):
     assert out["route"]["path"] == "adapter_rag" and out["route"]["reason_kind"] == "auto_adapter"
     assert out["route"]["signals"]["context_from"] == "adapter"
     assert len(out["citations"]) == 3
+
+
+# ---- a hot swap between prepare and the engine ------------------------------------------------
+
+
+def test_a_retry_after_a_hot_swap_gives_the_new_version_its_own_context(tmp_path, engines):
+    """A request prepared for v1 (trained with context) meets a replica that no longer holds v1,
+    because v2 (trained without context) replaced it meanwhile: the retry goes to v2 with v2's
+    context (none), not with the passages gathered for v1."""
+    from ingest.context import CONTEXT_HEADER
+    from service.protocol import ChatRequest
+    from tests.helpers.adapter_service import make_client
+
+    # v1 stays resident in ragtune's view for the whole test (no retire meanwhile)
+    with make_client(tmp_path, engines, retire_grace_s=60) as client:
+        tid, headers = tenant_with_documents(client, {})
+        r = register(client, headers, archive(tmp_path, mutate=with_record(RECORD)))
+        assert r.status_code == 201, r.text
+        state = client.app.state.ragtune
+        req = ChatRequest.model_validate(
+            {"model": "warelang", "messages": [{"role": "user", "content": QUESTION}]}
+        )
+        p = client.portal.call(state.chat.prepare, state.tenants.get(tid), req)
+        assert p.adapter.label == "warelang@1" and p.routed.cited  # v1: with passages
+
+        r = register(
+            client, headers, archive(tmp_path, mutate=with_record(NO_CONTEXT), name="b.tar.gz")
+        )
+        assert r.status_code == 201 and r.json()["version"] == 2, r.text
+        for engine in engines:  # v1 left the replicas behind ragtune's back
+            engine.loras.pop(f"{tid}--warelang--v1", None)
+        out = client.portal.call(state.chat.complete, p)
+
+        assert out["route"]["adapter"] == "warelang@2"
+        assert out["route"]["signals"]["context_from"] == "none"
+        assert out["citations"] == []
+        sent = [rq for e in engines for rq in e.requests if rq["model"].endswith("--v2")]
+        assert sent, "the retry did not reach v2"
+        assert not any(
+            CONTEXT_HEADER in str(m.get("content")) for m in sent[-1]["messages"]
+        ), sent[-1]["messages"]
