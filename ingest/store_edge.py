@@ -257,7 +257,6 @@ class EdgeChunkStore(DeletesByFilter):
         vector = _floats(vector)
         terms = query_terms(text) if s.retrieval == "hybrid" else ([], [])
         if not terms[0]:
-            acorn = qe.AcornSearchParams(enable=True) if s.acorn else None
             points = shard.query(
                 qe.QueryRequest(
                     query=qe.Query.Nearest(vector),
@@ -265,7 +264,7 @@ class EdgeChunkStore(DeletesByFilter):
                     filter=flt,
                     with_payload=True,
                     score_threshold=min_score,
-                    params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, top_k), acorn=acorn),
+                    params=self._params(top_k),
                 )
             )
             return Hits([hit_from_payload(p.id, p.score, p.payload or {}) for p in points])
@@ -274,12 +273,11 @@ class EdgeChunkStore(DeletesByFilter):
     def _hybrid(self, shard, flt, vector, terms, top_k: int, min_score: float | None) -> Hits:
         s = self._settings
         depth = max(top_k, s.hybrid_candidates)
-        acorn = qe.AcornSearchParams(enable=True) if s.acorn else None
         dense = qe.Prefetch(
             limit=depth,
             query=qe.Query.Nearest(vector),
             filter=flt,
-            params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, depth), acorn=acorn),
+            params=self._params(depth),
         )
         sparse = qe.Query.Nearest(_sparse(terms), using=SPARSE_VECTOR)
         top, term_list, fused = shard.query_batch(
@@ -290,7 +288,7 @@ class EdgeChunkStore(DeletesByFilter):
                         limit=1,
                         query=dense.query,
                         filter=flt,
-                        params=qe.SearchParams(hnsw_ef=max(s.hnsw_ef, top_k), acorn=acorn),
+                        params=self._params(top_k),
                     ),
                     # The term candidates alone, for each hit's BM25 score.
                     qe.QueryRequest(limit=depth, query=sparse, filter=flt, with_payload=False),
@@ -331,6 +329,13 @@ class EdgeChunkStore(DeletesByFilter):
         return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _params(self, top_k: int) -> qe.SearchParams:
+        """A dense search's parameters: `hnsw_ef` at least the results asked for, ACORN when
+        set (the twin of the server store's `_params`)."""
+        s = self._settings
+        acorn = qe.AcornSearchParams(enable=True) if s.acorn else None
+        return qe.SearchParams(hnsw_ef=max(s.hnsw_ef, top_k), acorn=acorn)
 
     def _config(self, dim: int, *, sparse: bool = True) -> qe.EdgeConfig:
         s = self._settings
