@@ -506,8 +506,11 @@ def training_record(
     samples: int,
     loss: dict,
 ) -> dict:
-    """The training record's exact schema (format 1); serving reads `context`."""
-    return {
+    """The training record (format 1), checked against the one schema registration reads
+    (adapters/training_record.py): a record this writes is one the server accepts."""
+    from adapters.training_record import TrainingRecord
+
+    record = {
         "format": 1,
         "base_model": base_model,
         "context": context,
@@ -516,6 +519,7 @@ def training_record(
         "samples": samples,
         "loss": loss,
     }
+    return TrainingRecord.model_validate(record).model_dump(mode="json")
 
 
 def _split_held_out(n: int, share: float, rng: random.Random) -> set[int]:
