@@ -659,6 +659,10 @@ def train_lora(
             [list(s.messages) for s in train_samples[:32]], train_samples[:32]
         )
 
+        # Set again here: the retriever's query embedding sets torch's thread count for its
+        # own calling thread (EmbeddingSettings.query_threads, 1 by default), and the
+        # planning above ran it on this one; training on one thread took twice as long.
+        torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(

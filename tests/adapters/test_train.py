@@ -144,12 +144,16 @@ def test_train_lora_with_raft_context_writes_the_adapter_and_its_exact_training_
 ) -> None:
     import adapters.train
 
+    import torch
+
     shapes: list[tuple[int, int]] = []
+    threads: set[int] = set()
     real_collate = adapters.train.collate
 
     def collate(examples, pad_id):
         batch = real_collate(examples, pad_id)
         shapes.append(tuple(batch[0].shape))
+        threads.add(torch.get_num_threads())
         return batch
 
     monkeypatch.setattr(adapters.train, "collate", collate)
@@ -173,8 +177,11 @@ def test_train_lora_with_raft_context_writes_the_adapter_and_its_exact_training_
         min_score=-1.0,
         context_max_tokens=300,
         oracle_free_share=0.2,
+        threads=2,
         progress=False,
     )
+    # every pass ran on the threads asked for, not on the one the query embedding left set
+    assert threads == {2}, threads
     # 60 rows: 6 held out, 54 trained on, 27 of them with context, 5 of those without oracle
     assert (result.held_out, result.samples, result.steps) == (6, 54, 4)
     assert (result.context_samples, result.oracle_free_samples) == (27, 5)
