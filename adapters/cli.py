@@ -10,17 +10,14 @@ from typing import Annotated
 import httpx
 import typer
 
-from adapters.train import (
+from adapters.raft import (
     DEFAULT_CONTEXT_FRACTION,
     DEFAULT_CONTEXT_MAX_TOKENS,
-    DEFAULT_LR,
-    DEFAULT_MAX_LEN,
     DEFAULT_MIN_SCORE,
     DEFAULT_ORACLE_FREE_SHARE,
-    DEFAULT_TOKENS_PER_PASS,
     DEFAULT_TOP_K,
-    HELD_OUT_SHARE,
 )
+from adapters.train import DEFAULT_LR, DEFAULT_MAX_LEN, DEFAULT_TOKENS_PER_PASS, HELD_OUT_SHARE
 
 adapters_app = typer.Typer(no_args_is_help=True, help="Train and register LoRA adapters.")
 

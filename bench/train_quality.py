@@ -178,7 +178,7 @@ def scores(scorer, replies: list[str], tests: list[dict]) -> dict:
 def served_prompts(tests: list[dict], docs: Path) -> list[list[dict]]:
     """Each test prompt with the context adapter_rag would give it: the manual in a temporary
     store, searched for the instruction, cut to the served top_k / floor / budget."""
-    from adapters.train import (
+    from adapters.raft import (
         DEFAULT_CONTEXT_MAX_TOKENS,
         DEFAULT_MIN_SCORE,
         DEFAULT_TOP_K,

@@ -1,5 +1,5 @@
 """How retrieved chunks are shown to the model. One definition, used both when serving (the rag
-and adapter_rag paths) and when training adapters RAFT-style (adapters/train.py), so an adapter
+and adapter_rag paths) and when training adapters RAFT-style (adapters/raft.py), so an adapter
 sees context at answer time exactly as it was trained with it."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 import ingest.store_edge
 from adapters.datacheck import normalise_rows
-from adapters.train import (
+from adapters.raft import (
     MAX_ORACLES,
     OracleFinder,
     ServedRetriever,
@@ -117,7 +117,7 @@ def test_the_served_retriever_applies_servings_floor_rule(retriever) -> None:
     """The floor the training context is cut with is serving's rule (ingest.retrieval.passes),
     not a bare cosine cut: a chunk the term side found holding the query's code is shown
     under a floor its cosine misses, as serving shows it."""
-    from adapters.train import RAFT_TENANT
+    from adapters.raft import RAFT_TENANT
     from ingest.retrieval import passes
     from ingest.sparse import identifiers
 

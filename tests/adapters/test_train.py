@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from adapters.cli import adapters_app
 from adapters.peft_files import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
+from adapters.raft import load_context_chunks
 from adapters.train import (
     IGNORE_INDEX,
     PAD_MULTIPLE,
     TrainingRefused,
     build_example,
     encode_sample,
-    load_context_chunks,
     micro_batches,
     padded,
     train_lora,
@@ -142,9 +142,9 @@ def test_micro_batches_sort_by_length_and_keep_each_pass_within_the_token_budget
 def test_train_lora_with_raft_context_writes_the_adapter_and_its_exact_training_record(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import adapters.train
-
     import torch
+
+    import adapters.train
 
     shapes: list[tuple[int, int]] = []
     threads: set[int] = set()

@@ -15,7 +15,7 @@ import adapters.train
 import core.base_model
 import ingest.embedding
 from adapters.cli import adapters_app
-from adapters.train import load_context_chunks
+from adapters.raft import load_context_chunks
 from core.settings import ChunkingSettings, EmbeddingSettings, Settings
 from ingest.pipeline import ChunkPipeline
 from ingest.readers import content_type_for, read_sections
