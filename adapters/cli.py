@@ -45,6 +45,13 @@ def train(
     ],
     out: Annotated[Path, typer.Option("--out", help="Empty or new folder for the adapter.")],
     rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 16,
+    lora_layers: Annotated[
+        int | None,
+        typer.Option(
+            help="LoRA on the top N decoder layers only (faster: no backward pass below them); "
+            "default: every layer."
+        ),
+    ] = None,
     alpha: Annotated[int | None, typer.Option(help="lora_alpha (default: 2 x rank).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the data (unless --max-steps).")] = 3,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
@@ -130,6 +137,7 @@ def train(
             qdrant=settings.qdrant,
             rank=rank,
             alpha=alpha or 2 * rank,
+            lora_layers=lora_layers,
             epochs=epochs,
             max_steps=max_steps,
             lr=lr,

@@ -254,6 +254,7 @@ def train_lora(
     embedding: EmbeddingSettings,
     rank: int = 16,
     alpha: int = 32,
+    lora_layers: int | None = None,
     dropout: float = 0.0,
     epochs: int = 3,
     max_steps: int | None = None,
@@ -276,7 +277,8 @@ def train_lora(
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train a LoRA on all linear projections of the base model's decoder layers.
+    """Train a LoRA on all linear projections of the base model's decoder layers (with
+    `lora_layers`, of the top that many layers only: the backward pass then stops there).
 
     `chunking` and `embedding` are the serving settings' groups: the RAFT context is split,
     embedded and searched with them. `batch_size` is the number of samples per optimizer step;
@@ -298,6 +300,9 @@ def train_lora(
         raise FileExistsError(f"output folder {out_dir} is not empty")
     if not 0 <= context_fraction <= 1 or not 0 <= oracle_free_share <= 1:
         raise ValueError("context_fraction and oracle_free_share are shares between 0 and 1")
+    layout = base_layout(base_model_dir)
+    if lora_layers is not None and not 0 < lora_layers <= layout.num_layers:
+        raise ValueError(f"lora_layers must be 1-{layout.num_layers} (the base model's layers)")
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir, local_files_only=True)
     report = check_training_data(train_rows, tokenizer=tokenizer, max_tokens=max_len)
     if not report.passes and not force:
@@ -395,8 +400,14 @@ def train_lora(
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        targets = sorted(base_layout(base_model_dir).leaves)
+        targets = sorted(layout.leaves)
+        top = (
+            {"layers_to_transform": list(range(layout.num_layers - lora_layers, layout.num_layers))}
+            if lora_layers is not None and lora_layers < layout.num_layers
+            else {}
+        )
         lora = LoraConfig(
+            **top,
             r=rank,
             lora_alpha=alpha,
             lora_dropout=dropout,

@@ -15,6 +15,9 @@ Arms (every request through ragtune's chat endpoint, greedy, `--max-tokens`):
 - adapter + RAG (new training): a LoRA trained by `ragtune adapters train --data train.jsonl
   --context-docs manual/` with the training defaults (only `--new-steps` caps it), served with
   the context it was trained with (the top_k, floor and budget in its training record).
+- `--arms new-wide` (not in the default set): the same new adapter served with the RAG arm's
+  retrieval (`--top-k` chunks, no floor) through the policy override `adapter_context: policy`,
+  for tasks whose facts need more chunks than the adapter was trained with.
 
 Prints syntax validity and task correctness per arm (the example's score.py), for all rows and
 for the rows that need a fact from the manual, and each training's wall time. Training dominates
@@ -145,9 +148,7 @@ def old_recipe(ex: Example, steps: int, model_dir: Path, context: bool) -> list[
     return cmd
 
 
-def new_recipe(
-    ex: Example, steps: int | None, model_dir: Path, extra: str = ""
-) -> list[str]:
+def new_recipe(ex: Example, steps: int | None, model_dir: Path, extra: str = "") -> list[str]:
     """The training defaults, with the manual as context docs: what a tenant would run (plus
     `extra`, e.g. the serving k that bench/hybrid.py chose for the example's questions)."""
     cmd = [RAGTUNE, "adapters", "train", "--data", str(ex.train_data),
@@ -227,6 +228,7 @@ ARMS = {
     "old": "adapter + RAG (old recipe)",
     "new": "adapter + RAG (new training)",
     "new-alone": "new training, no documents",  # part of the "new" arm
+    "new-wide": "new training, served --top-k chunks",
 }
 CHOICES = [a for a in ARMS if a != "new-alone"]
 
@@ -236,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--example", choices=sorted(EXAMPLES), default="dsl")
     p.add_argument(
         "--arms",
-        default=",".join(CHOICES),
-        help=f"comma-separated subset of {','.join(CHOICES)} (default: all five)",
+        default=",".join(a for a in CHOICES if a != "new-wide"),
+        help=f"comma-separated subset of {','.join(CHOICES)} (default: the five of the issue's "
+        "table; new-wide serves the new adapter with the policy's --top-k chunks instead of its "
+        "training record's)",
     )
     p.add_argument("--steps", type=int, default=150, help="training steps, old-recipe adapters")
     p.add_argument(
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse = {"adapter": args.adapter_dir, "old": args.rag_adapter_dir, "new": args.new_adapter_dir}
     sub = {"adapter": name, "old": f"{name}-raft-old", "new": f"{name}-raft-new"}
     for arm in ("adapter", "old", "new"):
-        if arm not in arms:
+        if arm not in arms and not (arm == "new" and "new-wide" in arms):
             continue
         if reuse[arm]:
             folders[arm], times[arm] = reuse[arm], "reused"
@@ -365,6 +369,15 @@ def main(argv: list[str] | None = None) -> int:
                 k = tenant(c, admin, f"{prefix}-adapter-new-alone", new)
                 register(proc.url, k, folders["new"], name)
                 preds["new-alone"] = answers(c, k, rows, name, None, max_tokens)
+            if "new-wide" in arms:
+                # The same adapter served with more chunks than it was trained with: the
+                # policy's context (adapter_context "policy"), the RAG arm's retrieval.
+                k = tenant(
+                    c, admin, f"{prefix}-adapter-rag-new-wide", {**rag, "adapter_context": "policy"}
+                )
+                upload_manual(c, k, ex.manual)
+                register(proc.url, k, folders["new"], name)
+                preds["new-wide"] = answers(c, k, rows, name, None, max_tokens)
         needs = [i for i, r in enumerate(rows) if r.get("needs_manual")]
         print(
             f"\n3. {ex.language} on {len(rows)} held-out tasks ({len(needs)} need a fact from the "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from adapters.base_layout import base_layout
 from adapters.cli import adapters_app
 from adapters.peft_files import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
 from adapters.raft import load_context_chunks
@@ -262,6 +263,48 @@ def test_cli_train_without_context_records_no_context_and_prints_losses_and_memo
     held_line = next(x for x in result.output.splitlines() if "held-out answer loss" in x)
     assert held_line.endswith("without context"), held_line
     assert "peak memory" in result.output and "trained 2 steps" in result.output
+
+
+def test_lora_layers_trains_only_the_top_layers_and_the_adapter_says_so(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    layers = base_layout(base_model_dir()).num_layers
+    out = tmp_path / "top"
+    train_lora(
+        secret_codes(50),
+        out,
+        base_model_dir=base_model_dir(),
+        base_model_name=BASE_MODEL_NAME,
+        **SERVED,
+        rank=2,
+        lora_layers=2,
+        max_steps=1,
+        batch_size=2,
+        max_len=64,
+        held_out=0.0,
+        progress=False,
+    )
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["layers_to_transform"] == [layers - 2, layers - 1]
+    with safe_open(out / WEIGHTS_NAME, framework="numpy") as f:
+        found = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys()}
+    assert found == {layers - 2, layers - 1}
+    # it validates as a servable adapter: every tensor on a targeted module of the base model
+    info = validate_adapter(
+        out, base_model_name=BASE_MODEL_NAME, base_model_dir=base_model_dir(), max_rank=16
+    )
+    assert len(info.target_modules) == 7
+    with pytest.raises(ValueError, match="lora_layers must be"):
+        train_lora(
+            secret_codes(50),
+            tmp_path / "none",
+            base_model_dir=base_model_dir(),
+            base_model_name=BASE_MODEL_NAME,
+            **SERVED,
+            lora_layers=layers + 1,
+            progress=False,
+        )
+    assert not (tmp_path / "none").exists()
 
 
 def test_train_lora_refuses_bad_data(tmp_path: Path) -> None:
