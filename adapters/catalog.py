@@ -122,6 +122,27 @@ class AdapterCatalog:
                                      r.description, vectors, trained))
         return out
 
+    def version(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
+        """One version of a live adapter that may serve: the current one, an older ready one, or
+        a retired one (its files stay for rollback; the engines load it on demand). For
+        evaluations that pin a version; None when there is no such version."""
+        with self.registry.session() as s:
+            row = s.execute(
+                select(AdapterVersion.tenant_id, AdapterVersion.name, AdapterVersion.version,
+                       AdapterVersion.engine_name, AdapterVersion.path,
+                       AdapterVersion.description, AdapterVersion.created_at)
+                .join(Adapter, (Adapter.tenant_id == AdapterVersion.tenant_id)
+                      & (Adapter.name == AdapterVersion.name))
+                .where(Adapter.tenant_id == tenant_id, Adapter.name == name,
+                       Adapter.state == "live", AdapterVersion.version == version,
+                       AdapterVersion.state.in_(("ready", "retired")))
+            ).first()
+            if row is None:
+                return None
+            vectors, trained = self._fixed_of(s, row)
+            return ServedAdapter(row.tenant_id, row.name, row.version, row.engine_name, row.path,
+                                 row.description, vectors, trained)
+
     def _fixed_of(self, s: Session, v) -> tuple[np.ndarray, Trained | None]:
         """What never changes of a ready version: its vectors and its training record.
         `v`: a row of the version's key columns, engine_name and created_at."""

@@ -97,6 +97,9 @@ class AdapterService:
     def served(self, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
         return self.catalog.served(tenant_id, name)
 
+    def version(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
+        return self.catalog.version(tenant_id, name, version)
+
     def served_in(self, s: Session, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
         return self.catalog.served_in(s, tenant_id, name)
 

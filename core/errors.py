@@ -218,3 +218,26 @@ class TrainingDataError(APIError):
 
     def __init__(self, message: str, *, param: str | None = "training_file") -> None:
         super().__init__(message, param=param)
+
+
+EVAL_ERROR_CODES = frozenset(
+    {
+        "invalid_eval_set",  # a row that is not an item (names the row)
+        "unknown_check_kind",  # a check other than contains/not_contains/regex/exact/grammar
+        "invalid_grammar",  # the set's Lark grammar does not compile
+        "empty_eval_set",  # a set without items
+        "unknown_arm",  # an evaluation arm that is not prompt/rag/adapter_rag:<name>/auto
+    }
+)
+
+
+class EvalError(APIError):
+    """An eval set or an evaluation request that cannot run; `code` says which rule it broke."""
+
+    status = 422
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+        if code not in EVAL_ERROR_CODES:
+            raise ValueError(f"unknown evaluation error code {code!r}")
+        super().__init__(message, code=code, param=param)

@@ -107,6 +107,23 @@ class Metrics:
                      1),
             registry=r,
         )
+        self.evaluation_items = Counter(
+            "ragtune_evaluation_items", "Evaluation items answered, by arm kind and outcome",
+            ["arm", "outcome"], registry=r,
+        )
+        self.evaluation_latency = Histogram(
+            "ragtune_evaluation_run_duration_seconds",
+            "One evaluation run (claim to finished or paused)",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+
+    def count_evaluation_item(self, arm_kind: str, passed: bool) -> None:
+        # arm_kind: prompt | rag | adapter_rag | auto (never the adapter's name: bounded labels)
+        self.evaluation_items.labels(arm_kind, "passed" if passed else "failed").inc()
+
+    def observe_evaluation(self, seconds: float) -> None:
+        self.evaluation_latency.observe(seconds)
 
     def observe_decision(self, path: str, kind: str, seconds: float) -> None:
         self.decisions.labels(path, kind).inc()

@@ -151,6 +151,20 @@ class WorkerSettings(BaseModel):
     )
 
 
+class EvaluationSettings(BaseModel):
+    embedded: bool = Field(True, description="`ragtune serve` runs evaluations itself.")
+    lease_s: float = 60.0
+    poll_s: float = 1.0
+    max_attempts: int = Field(
+        5,
+        description="Runs of one evaluation (each resumes where the last stopped) before it fails.",
+    )
+    concurrency: int = Field(
+        4, ge=1, le=64, description="Items in flight at once (the engine batches them)."
+    )
+    max_items: int = Field(2000, ge=1, description="Items in one eval set.")
+
+
 class DocumentLimits(BaseModel):
     max_file_bytes: int = 20 << 20
     max_files: int = 20
@@ -231,6 +245,7 @@ class Settings(BaseSettings):
     documents: DocumentLimits = Field(default_factory=DocumentLimits)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
+    evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @property
     def resolved_adapters_root(self) -> Path:

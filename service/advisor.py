@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from adapters.datacheck import check_training_data, parse_jsonl
@@ -39,8 +40,11 @@ class Advisor:
         *,
         unfamiliar_ratio: float = 4.0,
         max_samples: int = 16,
+        latest_evaluation: Callable[[str], dict | None] | None = None,
     ) -> None:
         self.pool = pool
+        # The tenant's latest succeeded evaluation (service/evaluations): measured beats estimated.
+        self.latest_evaluation = latest_evaluation
         self.base_model = base_model
         self.documents = documents
         self.unfamiliar_ratio = unfamiliar_ratio
@@ -92,6 +96,41 @@ class Advisor:
         return samples
 
     async def advise(
+        self, tenant_id: str, sample_texts: list[str] | None, training_file: str | None
+    ) -> dict:
+        """The estimate (perplexity, data check); then, when the tenant has a succeeded
+        evaluation whose recommendation is a path, that measurement decides, and the estimate
+        stays in the reasons as the prior it replaced."""
+        out = await self._estimate(tenant_id, sample_texts, training_file)
+        ev = None
+        if self.latest_evaluation is not None:
+            ev = await asyncio.to_thread(self.latest_evaluation, tenant_id)
+        rec = (ev or {}).get("recommendation")
+        out["basis"] = "evaluation" if rec else "estimate"
+        out["evaluation"] = None
+        if not rec:
+            return out
+        arm = rec["arm"]
+        documents = out["knowledge_base"]["documents"]
+        measured = (
+            "prompt" if arm == "prompt" else "rag" if arm == "rag"
+            else "fine_tune+rag" if documents else "fine_tune"
+        )
+        out["evaluation"] = {"id": ev["id"], "arm": arm, "reason": rec["reason"],
+                             "finished_at": ev.get("finished_at")}
+        estimate = out["recommendation"]
+        out["recommendation"] = measured
+        out["reasons"] = [
+            f"measured on the tenant's own questions (evaluation {ev['id']}): {arm} is "
+            f"recommended: {rec['reason']}",
+            f"the estimate without it said {estimate}"
+            + ("" if estimate != measured else " as well")
+            + (": " + out["reasons"][0] if out["reasons"] else ""),
+            *out["reasons"][1:],
+        ]
+        return out
+
+    async def _estimate(
         self, tenant_id: str, sample_texts: list[str] | None, training_file: str | None
     ) -> dict:
         rows = parse_jsonl(training_file, source="training_file") if training_file else None

@@ -26,10 +26,13 @@ from ingest.retrieval import Retriever
 from service.advisor import Advisor
 from service.chat import ChatService
 from service.engine_supervisor import EngineSupervisor
+from service.evaluations.runner import EvaluationRunner
+from service.evaluations.service import EvaluationService
+from service.evaluations.store import EvaluationStore
 from service.http_errors import install_error_handlers
 from service.limits import RateLimiter
 from service.path_router import PathRouter
-from service.routes import adapters, advisor, chat, documents, health, tenants
+from service.routes import adapters, advisor, chat, documents, evaluations, health, tenants
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
 
@@ -86,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         adapter_service = AdapterService(registry, engines, settings, embed_texts=embedder.texts)
         router = PathRouter(Retriever(store, embedder, docs), adapter_service, metrics)
+        eval_store = EvaluationStore(registry)
         state = State(
             settings=settings,
             metrics=metrics,
@@ -105,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
                 pool, settings.base_model_name, docs,
                 unfamiliar_ratio=settings.advisor.unfamiliar_ratio,
                 max_samples=settings.advisor.max_samples,
+                latest_evaluation=eval_store.latest_succeeded,
             ),
             store=store,
             admin_key_digest=hashlib.sha256(resolve_admin_key(settings).encode()).hexdigest(),
@@ -119,6 +124,14 @@ def create_app(settings: Settings) -> FastAPI:
                 await pool.check_all()
 
             supervisor.on_change = _on_engine_change
+        state.evaluations = EvaluationService(
+            eval_store, adapter_service, settings.evaluations, settings.limits
+        )
+        if settings.evaluations.embedded:
+            state.evaluation_runner = EvaluationRunner(
+                eval_store, state.chat, state.tenants, settings.evaluations, metrics
+            )
+            state.evaluation_runner.start()
         reconciler = start_reconciler(adapter_service, pool, settings.adapters.reconcile_interval_s)
         worker_thread = None
         if settings.worker.embedded:
@@ -129,6 +142,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             reconciler.cancel()
+            if state.evaluation_runner is not None:
+                await state.evaluation_runner.close()
             await adapter_service.close()
             if worker_thread is not None:
                 state.worker.stop.set()
@@ -154,6 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(documents.router)
     app.include_router(adapters.router)
     app.include_router(advisor.router)
+    app.include_router(evaluations.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

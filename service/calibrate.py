@@ -125,3 +125,21 @@ def labeled_from_explain(labels: list[dict], explained: list[dict]) -> list[Labe
             adapter_match=signals.get("adapter_match"),
         ))
     return out
+
+
+def labels_from_evaluation(items: list[dict]) -> list[dict]:
+    """Labeled rows ({"query", "path"}) from an evaluation's item lines: an item's label is the
+    simplest path arm that passed it (prompt < rag < adapter_rag); items no path arm passed
+    teach nothing about routing and are left out, as are `auto` lines and items without their
+    query (the eval set was deleted)."""
+    order = {p: i for i, p in enumerate(PATHS)}
+    best: dict[str, tuple[int, str]] = {}
+    queries: dict[str, str] = {}
+    for line in items:
+        path = line["arm"].split(":", 1)[0]
+        if path not in order or not line.get("query"):
+            continue
+        queries[line["item"]] = line["query"]
+        if line["passed"] and (line["item"] not in best or order[path] < best[line["item"]][0]):
+            best[line["item"]] = (order[path], path)
+    return [{"query": queries[i], "path": path} for i, (_, path) in best.items()]

@@ -135,13 +135,16 @@ class ChatService:
             param="model",
         )
 
-    async def prepare(self, tenant: TenantView, req: ChatRequest) -> Prepared:
-        """Decide the path, retrieve where it needs it, and build the engine request."""
+    async def prepare(
+        self, tenant: TenantView, req: ChatRequest, pinned: ServedAdapter | None = None
+    ) -> Prepared:
+        """Decide the path, retrieve where it needs it, and build the engine request.
+        `pinned`: a given adapter version instead of the one `req.model` names (evaluations)."""
         max_tokens = self._check_limits(req)
         policy = tenant.policy
         if self.limiter is not None and (policy.requests_per_minute or policy.tokens_per_day):
             await asyncio.to_thread(self.limiter.admit, tenant.id, policy)
-        named = await self._named_adapter(tenant.id, req.model)
+        named = pinned or await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
             tenant.id, policy, _last_user_text(req.messages), req.route, named
         )

@@ -48,7 +48,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 @policy_app.command()
 def calibrate(
     tenant: Annotated[str, typer.Option(help="The tenant whose policy to calibrate.")],
-    labeled: Annotated[Path, typer.Option(help='JSONL rows {"query", "path"}.')],
+    labeled: Annotated[
+        Path | None, typer.Option(help='JSONL rows {"query", "path"} labelled by a person.')
+    ] = None,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(help="Or labels measured by an evaluation: each item's label is the "
+                     "simplest path arm that passed it."),
+    ] = None,
     key: Key = None,
     admin_key: Annotated[
         str | None, typer.Option(envvar="RAGTUNE_ADMIN_KEY", help="Needed for --apply.")
@@ -57,7 +64,8 @@ def calibrate(
     url: Url = "http://127.0.0.1:8000",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Accuracy of the tenant's `auto` thresholds on labeled queries, and better ones."""
+    """Accuracy of the tenant's `auto` thresholds on labeled queries (a person's labels, or an
+    evaluation's measured outcomes), and better ones."""
     from service.calibrate import calibrate as run
     from service.calibrate import labeled_from_explain
     from service.policy import Policy
@@ -68,9 +76,25 @@ def calibrate(
     if apply and not admin_key:
         typer.echo("--apply changes the tenant's policy: pass --admin-key", err=True)
         raise typer.Exit(2)
-    rows = _read_jsonl(labeled)
+    if (labeled is None) == (evaluation is None):
+        typer.echo("pass one of --labeled and --evaluation", err=True)
+        raise typer.Exit(2)
     client = _client(url)
     auth = {"Authorization": f"Bearer {key}"}
+    if evaluation is not None:
+        from service.calibrate import labels_from_evaluation
+
+        resp = client.get(f"/v1/evaluations/{evaluation}/items", headers=auth)
+        if not resp.is_success:
+            _check(resp)
+        rows = labels_from_evaluation(
+            [json.loads(x) for x in resp.text.splitlines() if x.strip()]
+        )
+        if not rows:
+            typer.echo(f"evaluation {evaluation}: no item was passed by a path arm", err=True)
+            raise typer.Exit(2)
+    else:
+        rows = _read_jsonl(labeled)
     me = _check(client.get("/v1/me", headers=auth))
     if me["id"] != tenant:
         typer.echo(f"the key acts as tenant '{me['id']}', not '{tenant}'", err=True)

@@ -42,6 +42,12 @@ class State:
     supervisor: EngineSupervisor | None = None
     started_at: float = 0.0
     worker: Any = None  # ingest.worker.IngestWorker running in this process, if any
+    evaluations: Any = None  # service.evaluations.service.EvaluationService
+    evaluation_runner: Any = None  # its runner, when this process runs evaluations
+
+    def wake_evaluations(self) -> None:
+        if self.evaluation_runner is not None:
+            self.evaluation_runner.wake.set()
 
     def wake_worker(self) -> None:
         if self.worker is not None:

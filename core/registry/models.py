@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -191,3 +193,74 @@ class UsageCounter(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # requests | tokens
     window_start: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix seconds
     used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EvalSet(Base):
+    """A tenant's eval set: items (a query or messages, and checks) and an optional Lark grammar
+    for `grammar` checks. Items are stored parsed and checked (service/evaluations/checks.py)."""
+
+    __tablename__ = "eval_sets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    grammar: Mapped[str | None] = mapped_column(Text, nullable=True)
+    items: Mapped[list] = mapped_column(JSON, default=list)
+    item_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Evaluation(Base):
+    """A durable evaluation job: every item of a set on every arm, claimed with a lease like an
+    ingestion job, so a restart resumes it. state: queued | running | succeeded | failed.
+    `summary`: the per-arm figures, comparisons and recommendation, once it succeeded."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_claim", "state", "lease_until"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    # No foreign key: deleting a set keeps the evaluations made with it readable.
+    eval_set_id: Mapped[str] = mapped_column(String(40))
+    arms: Mapped[list] = mapped_column(JSON)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    total: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    leased_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EvalResult(Base):
+    """One item answered on one arm. The key makes a result count once: a resumed evaluation
+    skips what is recorded, and a second write of the same result is refused."""
+
+    __tablename__ = "eval_results"
+
+    evaluation_id: Mapped[str] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm: Mapped[str] = mapped_column(String(200), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)  # the item's place in the set
+    output: Mapped[str] = mapped_column(Text, default="")
+    passed: Mapped[bool] = mapped_column(Boolean)
+    failed: Mapped[list] = mapped_column(JSON, default=list)
+    checks: Mapped[dict] = mapped_column(JSON, default=dict)
+    documents_hit: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    route: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the request's error code
+    latency_ms: Mapped[float] = mapped_column(Float)
+    engine_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

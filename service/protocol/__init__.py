@@ -1,5 +1,6 @@
 """The HTTP protocol: the request and response bodies of API.md as pydantic models, in one
-package, a module per area (base, operations, tenants, chat, documents, adapters, advisor).
+package, a module per area (base, operations, tenants, chat, documents, adapters, advisor,
+evaluations).
 
 Every route names its success body here (`response_model=`), so /openapi.json documents what a
 client gets back, not only what it sends. Response models list exactly the fields the service
@@ -19,6 +20,7 @@ from service.protocol.adapters import (  # noqa: F401
 )
 from service.protocol.advisor import (  # noqa: F401
     Advice,
+    AdviceEvaluation,
     AdviceRequest,
     DataFinding,
     ExplainRequest,
@@ -55,6 +57,21 @@ from service.protocol.documents import (  # noqa: F401
     JobInfo,
     QueuedDocument,
     UploadAccepted,
+)
+from service.protocol.evaluations import (  # noqa: F401
+    CREATE_EVAL_SET_BODY,
+    ArmComparison,
+    ArmResult,
+    EvalSetCreate,
+    EvalSetDeleted,
+    EvalSetInfo,
+    EvalSetList,
+    EvaluationCreate,
+    EvaluationInfo,
+    EvaluationList,
+    EvaluationQueued,
+    Progress,
+    Recommendation,
 )
 from service.protocol.operations import (  # noqa: F401
     Health,
@@ -117,7 +134,21 @@ __all__ = [
     "DataFinding",
     "TrainingDataReport",
     "Familiarity",
+    "AdviceEvaluation",
     "Advice",
     "RouteExplanation",
     "PolicyExplanation",
+    "CREATE_EVAL_SET_BODY",
+    "EvalSetCreate",
+    "EvalSetInfo",
+    "EvalSetList",
+    "EvalSetDeleted",
+    "EvaluationCreate",
+    "EvaluationQueued",
+    "Progress",
+    "ArmResult",
+    "ArmComparison",
+    "Recommendation",
+    "EvaluationInfo",
+    "EvaluationList",
 ]

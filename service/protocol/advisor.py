@@ -69,6 +69,13 @@ class Familiarity(ResponseBody):
     source: str = Field(description="sample_texts | documents | training_file answers")
 
 
+class AdviceEvaluation(ResponseBody):
+    id: str
+    arm: str
+    reason: str
+    finished_at: str | None
+
+
 class Advice(ResponseBody):
     object: Literal["advice"]
     knowledge_base: KnowledgeBaseSize
@@ -76,6 +83,13 @@ class Advice(ResponseBody):
     familiarity: Familiarity | None = Field(description="Null when there was no text to measure.")
     recommendation: Literal["prompt", "rag", "fine_tune", "fine_tune+rag"]
     reasons: list[str]
+    basis: Literal["evaluation", "estimate"] = Field(
+        description="evaluation: the tenant's latest evaluation decided; estimate: perplexity "
+        "and the data check (no evaluation yet)"
+    )
+    evaluation: AdviceEvaluation | None = Field(
+        description="The evaluation that decided: its id, recommended arm and reason."
+    )
 
 
 class RouteExplanation(ResponseBody):

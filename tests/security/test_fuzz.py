@@ -69,6 +69,14 @@ AUTH = {
     ("POST", "/v1/adapters/{name}/rollback"): "tenant",
     ("POST", "/v1/advisor"): "tenant",
     ("POST", "/v1/policy/explain"): "tenant",
+    ("POST", "/v1/eval-sets"): "tenant",
+    ("GET", "/v1/eval-sets"): "tenant",
+    ("GET", "/v1/eval-sets/{set_id}"): "tenant",
+    ("DELETE", "/v1/eval-sets/{set_id}"): "tenant",
+    ("POST", "/v1/evaluations"): "tenant",
+    ("GET", "/v1/evaluations"): "tenant",
+    ("GET", "/v1/evaluations/{evaluation_id}"): "tenant",
+    ("GET", "/v1/evaluations/{evaluation_id}/items"): "tenant",
 }
 
 
@@ -97,8 +105,14 @@ def env(tmp_path_factory) -> Iterator[Env]:
                                 data={"name": "warelang",
                                       "examples": json.dumps(["a WARELANG rule"])})
                 assert r.status_code == 201, r.text
+            eval_set = client.post("/v1/eval-sets", headers=headers, json={
+                "name": "refunds", "items": [{"query": "How long for refunds?",
+                                              "checks": {"contains": ["45"]}}]}).json()["id"]
+            evaluation = client.post("/v1/evaluations", headers=headers, json={
+                "eval_set": eval_set, "arms": ["prompt"], "max_tokens": 8}).json()["id"]
             yield Env(client, headers, {"document_id": "refunds", "job_id": job_id,
-                                        "name": "warelang", "tenant_id": victim})
+                                        "name": "warelang", "tenant_id": victim,
+                                        "set_id": eval_set, "evaluation_id": evaluation})
     finally:
         engine.stop()
 
@@ -165,6 +179,8 @@ EXISTING = {
     ("GET", "/v1/documents/{document_id}"), ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/v1/adapters/{name}"), ("POST", "/v1/adapters/{name}/rollback"),
     ("GET", "/v1/tenants/{tenant_id}"), ("PATCH", "/v1/tenants/{tenant_id}"),
+    ("GET", "/v1/eval-sets/{set_id}"), ("GET", "/v1/evaluations/{evaluation_id}"),
+    ("GET", "/v1/evaluations/{evaluation_id}/items"),
 }
 
 

@@ -87,3 +87,18 @@ def test_nul_in_an_adapter_description_is_a_400(db_svc: Svc, tmp_path):
                               data={"name": "nuldesc", "description": "rules\x00for WARELANG"})
     assert_error(resp, 400, "invalid_description")
     healthy(db_svc.client, db_svc.a, "secret")
+
+
+def test_nul_in_eval_sets_is_refused_or_kept_as_json(db_svc: Svc):
+    """An eval set's name, grammar and item ids are text columns: NUL is a 422 there; inside
+    the items (a JSON column) it is kept, and the set still runs."""
+    item = {"query": "q\x00", "checks": {"contains": ["\x00"]}}
+    post = lambda body: db_svc.client.post("/v1/eval-sets", headers=db_svc.a, json=body)  # noqa: E731
+    assert_error(post({"name": "a\x00b", "items": [item]}), 422, "invalid_eval_set")
+    assert_error(post({"name": "g", "items": [item], "grammar": 'start: "a"\x00'}), 422,
+                 "invalid_eval_set")
+    assert_error(post({"name": "i", "items": [{**item, "id": "x\x00"}]}), 422,
+                 "invalid_eval_set")
+    made = post({"name": "kept", "items": [item]})
+    assert made.status_code == 201, made.text
+    healthy(db_svc.client, db_svc.a, "secret")

@@ -10,7 +10,7 @@ import time
 
 from jsonschema import Draft202012Validator
 
-NOT_JSON = {("GET", "/metrics")}  # Prometheus text
+NOT_JSON = {("GET", "/metrics"), ("GET", "/v1/evaluations/{evaluation_id}/items")}  # text, JSONL
 
 
 def _json_success(op: dict) -> tuple[str, dict] | None:
