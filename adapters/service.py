@@ -27,10 +27,14 @@ from adapters.metadata import check_metadata
 from adapters.reconcile import Reconciler
 from adapters.staging import Staged, Staging
 from adapters.validation import AdapterInfo
-from core.errors import Conflict, InvalidRequest
+from core.errors import AdapterError, Conflict, InvalidRequest
 from core.registry.db import Registry
 from core.registry.models import Adapter, AdapterVersion, utcnow
 from core.settings import Settings
+
+EFFECT_PROBES = 2
+EFFECT_TOKENS = 4
+EFFECT_MIN_LOGPROB_DELTA = 1e-4
 
 
 class AdapterService:
@@ -132,6 +136,7 @@ class AdapterService:
                 await asyncio.to_thread(self._set_vectors, tenant_id, name, version, vectors)
             await self.engines.load_everywhere(ename, str(final))
             loaded = True
+            await self._check_effect(ename, [*examples, description])
             previous = await asyncio.to_thread(self._switch, tenant_id, name, version)
         except BaseException:
             if loaded:
@@ -141,6 +146,37 @@ class AdapterService:
         if previous is not None:
             self._retire_later(previous)
         return await asyncio.to_thread(self.get, tenant_id, name)
+
+    async def _check_effect(self, ename: str, prompts: list[str]) -> None:
+        """422 adapter_has_no_effect when the loaded adapter answers its own examples exactly as
+        the base model does: the same greedy tokens with the same log-probabilities (vLLM
+        serves an adapter whose weights are all zero, or that targets no module it knows, as the
+        base model without a word). Up to EFFECT_PROBES prompts, EFFECT_TOKENS tokens each."""
+        prompts = [p for p in prompts if p and p.strip()][:EFFECT_PROBES] or ["Hello"]
+        pool = self.engines.pool
+        for prompt in prompts:
+            answers = []
+            for model in (self.settings.base_model_name, ename):
+                out = await pool.post_json("/v1/chat/completions", {
+                    "model": model, "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": EFFECT_TOKENS, "temperature": 0, "logprobs": True,
+                })
+                choice = (out.get("choices") or [{}])[0]
+                content = ((choice.get("logprobs") or {}).get("content")) or []
+                answers.append((choice.get("message", {}).get("content"),
+                                [t.get("logprob") for t in content]))
+            (text_a, lp_a), (text_b, lp_b) = answers
+            if text_a != text_b or len(lp_a) != len(lp_b) or any(
+                a is None or b is None or abs(a - b) > EFFECT_MIN_LOGPROB_DELTA
+                for a, b in zip(lp_a, lp_b, strict=True)
+            ):
+                return
+        raise AdapterError(
+            f"the adapter does not change the model's output: on {len(prompts)} of its examples "
+            "it answers with the base model's tokens and log-probabilities (all-zero weights, "
+            "or target modules the engine does not apply it to?)",
+            code="adapter_has_no_effect",
+        )
 
     def _reserve(self, tenant_id, name, info: AdapterInfo, description, examples,
                  training=None):

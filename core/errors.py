@@ -188,6 +188,8 @@ ADAPTER_ERROR_CODES = frozenset(
         "invalid_weights",
         "tensor_shape_mismatch",
         "unexpected_tensors",
+        # served: the engine's answers with and without it are the same (it changes nothing)
+        "adapter_has_no_effect",
         # ragtune_training.json (optional: how `ragtune adapters train` trained it)
         "invalid_training_record",
         # the engine

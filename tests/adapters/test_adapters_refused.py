@@ -24,7 +24,8 @@ BAD_ARCHIVES = {
 
 
 @pytest.mark.parametrize(
-    "label", [*f.BAD_ADAPTERS, *BAD_ARCHIVES, "oversized upload", "engine refuses"]
+    "label",
+    [*f.BAD_ADAPTERS, *BAD_ARCHIVES, "oversized upload", "engine refuses", "has no effect"],
 )
 def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, engines, label):
     with make_client(tmp_path / "srv", engines, max_archive_bytes=MAX_BYTES) as client:
@@ -38,6 +39,10 @@ def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, engines, label):
         elif label == "oversized upload":
             # past the cap, inside the request body limit: refused while being stored
             data, code = b"\x1f\x8b" + b"\0" * (MAX_BYTES + (256 << 10)), "archive_too_large"
+        elif label == "has no effect":  # the engine answers with it exactly as without it
+            data, code = archive(tmp_path), "adapter_has_no_effect"
+            for e in engines:
+                e.inert_adapters = True
         else:
             data, code = archive(tmp_path), "engine_rejected_adapter"
             for e in engines:
@@ -46,7 +51,7 @@ def test_bad_adapters_are_refused_and_leave_nothing(tmp_path, engines, label):
             r = register(client, headers, data)
         finally:
             for e in engines:
-                e.refuse_loads = False
+                e.refuse_loads = e.inert_adapters = False
         assert_error(r, 422, code)
         assert client.get("/v1/adapters", headers=headers).json()["data"] == []
         assert stored_files(client) == []

@@ -27,6 +27,9 @@ class FakeEngine:
         self.loras: dict[str, str] = {}  # runtime-loaded adapters: name -> path
         self.lora_calls: list[tuple[str, str]] = []  # ("load" | "unload", name)
         self.refuse_loads = False  # answer loads as vLLM does when its loader fails
+        # answer for loaded adapters exactly as for the base model, as vLLM does for an adapter
+        # whose weights change nothing (all-zero B, or no module it knows)
+        self.inert_adapters = False
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -132,7 +135,8 @@ class FakeEngine:
         if "CRASH" in last:
             return web.json_response({"error": {"message": "boom"}}, status=500)
         # An adapter's answers name it, so tests see which one served them.
-        tag = f"[{body['model']}]" if body["model"] in self.loras else ""
+        named = body["model"] in self.loras and not self.inert_adapters
+        tag = f"[{body['model']}]" if named else ""
         text = f"echo{tag}: {system} | {last}"
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
