@@ -13,6 +13,7 @@ import typer
 from adapters.raft import (
     DEFAULT_CONTEXT_FRACTION,
     DEFAULT_CONTEXT_MAX_TOKENS,
+    DEFAULT_COUNTERFACTUAL_SHARE,
     DEFAULT_MIN_SCORE,
     DEFAULT_ORACLE_FREE_SHARE,
     DEFAULT_TOP_K,
@@ -84,6 +85,13 @@ def train(
         float,
         typer.Option(help="Share of context samples given distractors only (retrieval missed)."),
     ] = DEFAULT_ORACLE_FREE_SHARE,
+    counterfactual_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of oracle samples whose looked-up facts (codes, numbers) are replaced by "
+            "fresh ones in context and answer alike, so the answer must be read from the context."
+        ),
+    ] = DEFAULT_COUNTERFACTUAL_SHARE,
     held_out: Annotated[
         float, typer.Option(help="Share of rows kept out to measure held-out loss (max 32).")
     ] = HELD_OUT_SHARE,
@@ -150,6 +158,7 @@ def train(
             min_score=min_score,
             context_max_tokens=context_max_tokens,
             oracle_free_share=oracle_free_share,
+            counterfactual_share=counterfactual_share,
             held_out=held_out,
             seed=seed,
             force=force,

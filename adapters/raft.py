@@ -7,6 +7,15 @@ DISTRACTORS are what the served retriever returns for the instruction (`ServedRe
 search of a temporary embedded store filled the way ingestion fills it, cut by serving's floor
 rule); `compose_context` cuts them to the serving top_k and token budget, in retrieval order,
 and `plan_context` decides which rows get context and which of those get distractors only.
+
+COUNTERFACTUAL rows: an adapter shown the right catalogue line still wrote the code it had
+memorised for a similar product from the training rows (greek yogurt's `C1150` for salted
+butter's `C1203`), because the training answers could be had from memory as well as from the
+context. In `counterfactual_share` of the rows with an oracle, each fact the answer takes from the
+context (a code or number in the shown chunks and the answer, not in the instruction) is replaced
+by a fresh one of the same shape (`F3362` -> `F3817`: digits redrawn, letters kept), in the
+context and in the answer alike: there the context is the only way to the answer, so the adapter
+learns to read it. Rows without context keep the real facts.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ DEFAULT_MIN_SCORE = 0.35
 DEFAULT_CONTEXT_MAX_TOKENS = 600
 DEFAULT_CONTEXT_FRACTION = 0.5
 DEFAULT_ORACLE_FREE_SHARE = 0.2
+DEFAULT_COUNTERFACTUAL_SHARE = 0.0  # opt-in: no gain measured on Skerry (bench/dsl_case.py)
 MAX_ORACLES = 2
 RAFT_TENANT = "raft-training"
 
@@ -156,14 +166,66 @@ class OracleFinder:
         return picked
 
 
+_FACT = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_]*[0-9][A-Za-z0-9_]*(?![A-Za-z0-9_])")
+
+
+def looked_up(answer: str, instruction: str, shown: Sequence[str]) -> list[str]:
+    """The facts the answer takes from the shown chunks: its tokens holding a digit (codes,
+    numbers; `F3362`, `FZ2`, `1203`) found as whole words in a shown chunk and not stated in the
+    instruction. In order of first use."""
+    stated = set(_FACT.findall(instruction))
+    held = {t for text in shown for t in _FACT.findall(text)}
+    out: list[str] = []
+    for t in _FACT.findall(answer):
+        if t in held and t not in stated and t not in out:
+            out.append(t)
+    return out
+
+
+def counterfactual(
+    facts: Sequence[str], taken: set[str], rng: random.Random, tries: int = 50
+) -> dict[str, str]:
+    """A fresh stand-in for each fact: the same letters, its digits redrawn (no leading zero
+    where it had none), different from every token in `taken` (grown with what it picks)."""
+    out: dict[str, str] = {}
+    for fact in facts:
+        for _ in range(tries):
+            new = "".join(_redraw(fact, i, rng) for i in range(len(fact)))
+            if new != fact and new not in taken:
+                out[fact] = new
+                taken.add(new)
+                break
+    return out
+
+
+def _redraw(fact: str, i: int, rng: random.Random) -> str:
+    ch = fact[i]
+    if not ch.isdigit():
+        return ch
+    leads = i == 0 or not fact[i - 1].isdigit()
+    return rng.choice("123456789" if leads and ch != "0" else "0123456789")
+
+
+def substitute(text: str, mapping: dict[str, str]) -> str:
+    if not mapping:
+        return text
+    return _FACT.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+
+
 @dataclass
 class ContextPlan:
-    """Per sample: the prompt messages, and what its context holds."""
+    """Per sample: the prompt messages, the answer to train on, and what its context holds."""
 
     prompts: list[list[dict]]
     kinds: list[str]  # "none" | "oracle" | "oracle_free" | "retrieved" (no oracle found)
     oracles: list[list[int]]  # chunk indices found for each sample (even where left out)
     contexts: list[list[int]]  # chunk indices given, in the order shown
+    completions: list[str]  # the sample's answer, its looked-up facts replaced where counterfactual
+    replaced: list[dict[str, str]]  # per sample: fact -> stand-in (empty: the real facts)
+
+    @property
+    def counterfactual(self) -> int:
+        return sum(1 for r in self.replaced if r)
 
     def count(self, kind: str) -> int:
         return self.kinds.count(kind)
@@ -277,9 +339,11 @@ def plan_context(
     min_score: float,
     max_tokens: int,
     rng: random.Random,
+    counterfactual_share: float = 0.0,
 ) -> ContextPlan:
     """`round(fraction * n)` randomly chosen samples get context; of those,
-    `round(oracle_free_share * chosen)` (among those with an oracle) get the distractors only.
+    `round(oracle_free_share * chosen)` (among those with an oracle) get the distractors only,
+    and `counterfactual_share` of the rest have the facts they look up replaced (module doc).
     `retriever` has `search(query, k) -> [(chunk index, score)]` and `tokens` per chunk."""
     find = OracleFinder(chunks)
     n = len(samples)
@@ -308,7 +372,24 @@ def plan_context(
             leave_out=oracles[i],
         )
         kinds[i] = "oracle_free" if i in free else "oracle" if oracles[i] else "retrieved"
+    replaced: list[dict[str, str]] = [{} for _ in range(n)]
+    if counterfactual_share > 0:
+        taken = {t for text in chunks for t in _FACT.findall(text)}
+        taken |= {t for s in samples for t in _FACT.findall(s.completion + s.instruction)}
+        candidates = []
+        for i in chosen:
+            if kinds[i] != "oracle":
+                continue
+            facts = looked_up(
+                samples[i].completion, samples[i].instruction, [chunks[c] for c in contexts[i]]
+            )
+            if facts:
+                candidates.append((i, facts))
+        for i, facts in rng.sample(candidates, round(counterfactual_share * len(candidates))):
+            replaced[i] = counterfactual(facts, taken, rng)
     prompts = [
-        with_context(s.messages, [chunks[c] for c in contexts[i]]) for i, s in enumerate(samples)
+        with_context(s.messages, [substitute(chunks[c], replaced[i]) for c in contexts[i]])
+        for i, s in enumerate(samples)
     ]
-    return ContextPlan(prompts, kinds, oracles, contexts)
+    completions = [substitute(s.completion, replaced[i]) for i, s in enumerate(samples)]
+    return ContextPlan(prompts, kinds, oracles, contexts, completions, replaced)

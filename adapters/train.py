@@ -47,6 +47,7 @@ from adapters.peft_files import CONFIG_NAME, TRAINING_NAME, WEIGHTS_NAME
 from adapters.raft import (
     DEFAULT_CONTEXT_FRACTION,
     DEFAULT_CONTEXT_MAX_TOKENS,
+    DEFAULT_COUNTERFACTUAL_SHARE,
     DEFAULT_MIN_SCORE,
     DEFAULT_ORACLE_FREE_SHARE,
     DEFAULT_TOP_K,
@@ -268,6 +269,7 @@ def train_lora(
     min_score: float = DEFAULT_MIN_SCORE,
     context_max_tokens: int = DEFAULT_CONTEXT_MAX_TOKENS,
     oracle_free_share: float = DEFAULT_ORACLE_FREE_SHARE,
+    counterfactual_share: float = DEFAULT_COUNTERFACTUAL_SHARE,
     held_out: float = HELD_OUT_SHARE,
     gradient_checkpointing: bool | None = None,
     threads: int | None = None,
@@ -298,8 +300,11 @@ def train_lora(
     out_dir, base_model_dir = Path(out_dir), Path(base_model_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"output folder {out_dir} is not empty")
-    if not 0 <= context_fraction <= 1 or not 0 <= oracle_free_share <= 1:
-        raise ValueError("context_fraction and oracle_free_share are shares between 0 and 1")
+    if not all(0 <= x <= 1 for x in (context_fraction, oracle_free_share, counterfactual_share)):
+        raise ValueError(
+            "context_fraction, oracle_free_share and counterfactual_share are shares between 0 "
+            "and 1"
+        )
     layout = base_layout(base_model_dir)
     if lora_layers is not None and not 0 < lora_layers <= layout.num_layers:
         raise ValueError(f"lora_layers must be 1-{layout.num_layers} (the base model's layers)")
@@ -324,6 +329,7 @@ def train_lora(
 
         use_context = context_docs is not None and context_fraction > 0
         prompts = [list(s.messages) for s in train_samples]
+        completions = [s.completion for s in train_samples]
         held_prompts: list[list[dict]] = []
         oracle_free = context_samples = 0
         if use_context:
@@ -339,6 +345,7 @@ def train_lora(
                     min_score=min_score,
                     max_tokens=context_max_tokens,
                     rng=rng,
+                    counterfactual_share=counterfactual_share,
                 )
                 held_plan = plan_context(
                     held_samples,
@@ -352,16 +359,18 @@ def train_lora(
                     rng=rng,
                 )
             prompts, held_prompts = plan.prompts, held_plan.prompts
+            completions = plan.completions
             context_samples = sum(1 for c in plan.contexts if c)
             oracle_free = plan.count("oracle_free")
             say(
                 f"context: {len(chunks)} chunks; {context_samples} of {len(train_samples)} "
                 f"samples with context ({plan.count('oracle')} with oracle, {oracle_free} "
-                f"distractors only, {plan.count('retrieved')} retrieved, no oracle found)"
+                f"distractors only, {plan.count('retrieved')} retrieved, no oracle found; "
+                f"{plan.counterfactual} counterfactual)"
             )
         encoded = [
-            encode_sample(tokenizer, p, s.completion, max_len)
-            for p, s in zip(prompts, train_samples, strict=True)
+            encode_sample(tokenizer, p, c, max_len)
+            for p, c in zip(prompts, completions, strict=True)
         ]
         examples = [e for e in encoded if e is not None]
         if not examples:
@@ -477,6 +486,7 @@ def train_lora(
                 "context_max_tokens": context_max_tokens,
                 "share": float(context_fraction),
                 "oracle_free_share": float(oracle_free_share),
+                "counterfactual_share": float(counterfactual_share),
                 "retrieval": retrieval_kind(qdrant),
             }
             if use_context

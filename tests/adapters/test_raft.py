@@ -15,7 +15,10 @@ from adapters.raft import (
     OracleFinder,
     ServedRetriever,
     compose_context,
+    counterfactual,
+    looked_up,
     plan_context,
+    substitute,
     terms,
 )
 from core.settings import EmbeddingSettings, QdrantSettings
@@ -214,3 +217,53 @@ def test_plan_context_cuts_to_the_budget_and_top_k(retriever) -> None:
         rng=random.Random(0),
     )
     assert all(len(ctx) == 2 for ctx in plan.contexts)
+
+
+def test_looked_up_facts_are_the_answers_codes_read_from_the_context_not_the_instruction():
+    shown = [MANUAL[3], MANUAL[2]]
+    answer = "hold C1107 @CH2 !DMG;\nmove C4410 x12 @CH1 -> @D1;"
+    instruction = "Hold the salted butter in CH2; move 12 smoked salmon from the dairy room to D1."
+    # CH2, D1 and 12 are stated; C1107 and C4410 come from the catalogue, CH1 from the zones
+    assert looked_up(answer, instruction, shown) == ["C1107", "C4410", "CH1"]
+    assert looked_up(answer, instruction, [MANUAL[0]]) == []  # nothing read from this page
+
+
+def test_counterfactual_stand_ins_keep_the_shape_and_never_collide():
+    rng = random.Random(0)
+    taken = {"C1107", "F2041"}
+    got = counterfactual(["C1107", "FZ2", "1203", "F2041"], taken, rng)
+    assert set(got) == {"C1107", "FZ2", "1203", "F2041"}
+    for old, new in got.items():
+        assert new != old and len(new) == len(old)
+        assert [c.isdigit() for c in new] == [c.isdigit() for c in old]
+        assert [c for c in new if not c.isdigit()] == [c for c in old if not c.isdigit()]
+    assert got["1203"][0] != "0"
+    assert len(set(got.values())) == 4 and not set(got.values()) & {"C1107", "F2041"}
+    assert substitute("hold C1107 @FZ2; C11070 stays", got) == (
+        f"hold {got['C1107']} @{got['FZ2']}; C11070 stays"
+    )
+
+
+def test_counterfactual_rows_replace_the_looked_up_facts_in_context_and_answer_alike(
+    retriever,
+) -> None:
+    samples, _ = normalise_rows(rows(20))
+    kw = dict(fraction=1.0, oracle_free_share=0.25, top_k=3, min_score=-1.0, max_tokens=600)
+    plain = plan_context(samples, MANUAL, retriever, rng=random.Random(0), **kw)
+    assert plain.counterfactual == 0 and plain.completions == [s.completion for s in samples]
+    plan = plan_context(
+        samples, MANUAL, retriever, rng=random.Random(0), counterfactual_share=1.0, **kw
+    )
+    assert plan.kinds == plain.kinds and plan.contexts == plain.contexts
+    assert plan.counterfactual == plan.count("oracle") == 15
+    real_codes = {"C1107", "C3318", "C4410"}
+    for i, s in enumerate(samples):
+        system = plan.prompts[i][0]["content"] if plan.kinds[i] != "none" else ""
+        if plan.kinds[i] != "oracle":  # oracle-free rows keep the real facts
+            assert not plan.replaced[i] and plan.completions[i] == s.completion
+            continue
+        (old, new), = plan.replaced[i].items()
+        assert old in real_codes and old in s.completion and new not in " ".join(MANUAL)
+        assert plan.completions[i] == s.completion.replace(old, new)
+        assert new in system and old not in system  # the context says the stand-in
+        assert plan.prompts[i][-1] == plain.prompts[i][-1]  # the instruction is untouched

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -171,3 +172,75 @@ def test_the_fact_comes_from_retrieval_and_follows_the_document(server, base_mod
         assert CODE_V2 in text and CODE_V1 not in text, text
         cited = {c["document_id"]: c["version"] for c in body["citations"]}
         assert cited.get(PRODUCT.replace(" ", "-")) == 2, body["citations"]
+
+
+# The evaluation harness on the same session adapter (issue 14): each path measured on the
+# tenant's own questions, through the real vLLM, and the simplest arm that is not detectably
+# worse than the best recommended.
+EVAL_PRODUCTS = [("saffron gazebo", "QW-7302"), ("velvet hammock", "TB-4410"),
+                 ("cobalt trellis", "HN-2298"), ("walnut sundial", "PK-3391"),
+                 ("silver birdbath", "MC-8127"), ("granite planter", "FD-6054"),
+                 ("ochre pergola", "LZ-4763"), ("russet lantern", "GV-1938"),
+                 ("cyan windchime", "RB-5502"), ("bronze bench", "NS-7245")]
+ORDER_GRAMMAR = 'start: ORDER+\nORDER: /reserve [A-Z]{2}-\\d{4} x\\d+ @S\\d+;/\n%ignore /\\s+/\n'
+
+
+def evaluate(http: httpx.Client, headers: dict, items: list[dict], arms: list[str],
+             grammar: str | None = None) -> dict:
+    s = http.post("/v1/eval-sets", headers=headers,
+                  json={"name": "e2e", "items": items, "grammar": grammar})
+    assert s.status_code == 201, s.text
+    r = http.post("/v1/evaluations", headers=headers,
+                  json={"eval_set": s.json()["id"], "arms": arms, "max_tokens": MAX_TOKENS})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        ev = http.get(f"/v1/evaluations/{r.json()['id']}", headers=headers).json()
+        if ev["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(1)
+    assert ev["state"] == "succeeded", ev
+    assert ev["progress"]["done"] == ev["progress"]["total"] == len(items) * len(arms)
+    return ev
+
+
+def test_an_evaluation_measures_each_path_and_recommends_the_simplest_good_one(
+    server, base_model_dir, raft_adapter
+):
+    key = server.new_tenant("eval-story")
+    headers = {"Authorization": f"Bearer {key}"}
+    register(server, base_model_dir, key, raft_adapter)
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        job = upload_cards(http, headers, EVAL_PRODUCTS)
+        assert job["state"] == "succeeded", job
+        # the made-up language: only the adapter writes it; the codes come from the cards
+        orders = [{"query": f"Reserve {i % 7 + 2} of the {name} for store {i + 3}.",
+                   "checks": {"grammar": True}} for i, (name, _) in enumerate(EVAL_PRODUCTS)]
+        ev = evaluate(http, headers, orders, ["prompt", "rag", "adapter_rag:orders"],
+                      ORDER_GRAMMAR)
+        rates = {a["arm"]: a["pass_rate"] for a in ev["arms"]}
+        assert rates["adapter_rag:orders"] >= 0.6 > rates["prompt"], rates
+        verdicts = {(c["a"], c["b"]): c["verdict"] for c in ev["comparisons"]}
+        assert verdicts[("prompt", "adapter_rag:orders")] == "b_better", ev["comparisons"]
+        assert verdicts[("rag", "adapter_rag:orders")] == "b_better", ev["comparisons"]
+        assert ev["recommendation"]["arm"] == "adapter_rag:orders", ev["recommendation"]
+
+        # documents-only knowledge: the codes are on the cards, nowhere in the base model
+        facts = [{"query": f"What is the item code of the {name}?", "checks": {"contains": [code]},
+                  "documents": [name.replace(" ", "-")]} for name, code in EVAL_PRODUCTS]
+        ev = evaluate(http, headers, facts, ["prompt", "rag"])
+        arms = {a["arm"]: a for a in ev["arms"]}
+        assert arms["rag"]["pass_rate"] > arms["prompt"]["pass_rate"] == 0, arms
+        assert arms["rag"]["retrieval_hit_rate"] >= 0.8, arms["rag"]
+        assert ev["comparisons"][0]["verdict"] == "b_better", ev["comparisons"]
+        assert ev["recommendation"]["arm"] == "rag", ev["recommendation"]
+
+        # general questions: retrieval adds nothing detectable, so the simplest path is advised
+        general = [{"query": "What is the capital of France?", "checks": {"contains": ["Paris"]}},
+                   {"query": "What is the capital of Italy?", "checks": {"contains": ["Rome"]}},
+                   {"query": "What colour is the sky on a clear day?",
+                    "checks": {"contains": ["blue"]}}]
+        ev = evaluate(http, headers, general, ["prompt", "rag"])
+        assert {a["arm"]: a["passed"] for a in ev["arms"]}["prompt"] >= 2, ev["arms"]
+        assert ev["comparisons"][0]["verdict"] == "no_difference", ev
+        assert ev["recommendation"]["arm"] == "prompt", ev["recommendation"]
