@@ -486,7 +486,6 @@ def train_lora(
                 "context_max_tokens": context_max_tokens,
                 "share": float(context_fraction),
                 "oracle_free_share": float(oracle_free_share),
-                "counterfactual_share": float(counterfactual_share),
                 "retrieval": retrieval_kind(qdrant),
             }
             if use_context

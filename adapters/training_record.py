@@ -35,8 +35,6 @@ class RecordContext(_Strict):
     context_max_tokens: int = Field(ge=1, le=100_000)
     share: float = Field(ge=0, le=1)
     oracle_free_share: float = Field(ge=0, le=1)
-    # Absent in records written before counterfactual rows existed.
-    counterfactual_share: float = Field(0.0, ge=0, le=1)
     retrieval: Literal["dense", "hybrid"] | None = None
 
 

@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -233,6 +234,24 @@ ARMS = {
 CHOICES = [a for a in ARMS if a != "new-alone"]
 
 
+_CODE = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z0-9_]*[0-9][A-Za-z0-9_]*(?![A-Za-z0-9_])")
+
+
+def fact_recall(answered: list[str], rows: list[dict]) -> float:
+    """Of the codes the reference answers use that their instructions do not state (what must
+    come from the manual), the share the answers write (as whole tokens)."""
+    wanted = found = 0
+    for text, row in zip(answered, rows, strict=True):
+        instruction = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        reference = next(m["content"] for m in row["messages"] if m["role"] == "assistant")
+        stated = set(_CODE.findall(instruction))
+        needed = {t for t in _CODE.findall(reference) if t not in stated}
+        written = set(_CODE.findall(text))
+        wanted += len(needed)
+        found += len(needed & written)
+    return found / wanted if wanted else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--example", choices=sorted(EXAMPLES), default="dsl")
@@ -271,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-adapter-dir", type=Path, help="a new-training adapter to reuse")
     p.add_argument("--model-dir", type=Path, default=REPO / ".data/models/base")
     p.add_argument("--keep", type=Path, help="keep the trained adapters in this folder")
+    p.add_argument("--save-answers", type=Path, help="write every arm's answers here (JSONL)")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     ex = EXAMPLES[args.example]
@@ -386,15 +406,27 @@ def main(argv: list[str] | None = None) -> int:
         width = max(len(ARMS[a]) for a in preds)
         print(
             f"   {'arm':<{width}} {'syntax valid':>12} {'correct':>8} "
-            f"{'correct, needs manual':>22} {'training':>9}"
+            f"{'correct, needs manual':>22} {'facts in answer':>16} {'training':>9}"
         )
         for arm, answered in preds.items():
             s = score(answered, rows)
             sn = score([answered[i] for i in needs], [rows[i] for i in needs]) if needs else None
+            facts = fact_recall([answered[i] for i in needs], [rows[i] for i in needs])
             print(
                 f"   {ARMS[arm]:<{width}} {s['syntax_valid']:>12.0%} {s['task_correct']:>8.0%} "
-                f"{(sn['task_correct'] if sn else float('nan')):>22.0%} {times.get(arm, '-'):>9}"
+                f"{(sn['task_correct'] if sn else float('nan')):>22.0%} {facts:>16.0%} "
+                f"{times.get(arm, '-'):>9}"
             )
+        print("   facts in answer: of the codes a needs-manual task's reference answer uses and "
+              "its instruction does not state, the share the answer writes")
+        if args.save_answers:
+            with args.save_answers.open("w") as out:
+                for arm, answered in preds.items():
+                    for row, text in zip(rows, answered, strict=True):
+                        out.write(json.dumps({"arm": arm, "id": row.get("id"),
+                                              "needs_manual": row.get("needs_manual", False),
+                                              "answer": text}) + "\n")
+            print(f"   answers saved to {args.save_answers}")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

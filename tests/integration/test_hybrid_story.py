@@ -182,16 +182,21 @@ EVAL_PRODUCTS = [("saffron gazebo", "QW-7302"), ("velvet hammock", "TB-4410"),
                  ("silver birdbath", "MC-8127"), ("granite planter", "FD-6054"),
                  ("ochre pergola", "LZ-4763"), ("russet lantern", "GV-1938"),
                  ("cyan windchime", "RB-5502"), ("bronze bench", "NS-7245")]
+DOOR_CODES = [("Orbin Foods cold storage", "QX-4471"), ("Harlow bakery flour", "ZK-2093"),
+              ("Tessel dairy cheese", "VM-6610"), ("Brandt meat ageing", "LP-3187"),
+              ("Quill pharmacy vault", "DW-5524"), ("Marrow wine cellar", "HT-7302"),
+              ("Osprey fish chilling", "CN-1948"), ("Fennick spice drying", "RB-8265"),
+              ("Gable ice cream freezer", "SJ-4056"), ("Pellow server", "UY-2731")]
 ORDER_GRAMMAR = 'start: ORDER+\nORDER: /reserve [A-Z]{2}-\\d{4} x\\d+ @S\\d+;/\n%ignore /\\s+/\n'
 
 
 def evaluate(http: httpx.Client, headers: dict, items: list[dict], arms: list[str],
-             grammar: str | None = None) -> dict:
+             grammar: str | None = None, max_tokens: int = MAX_TOKENS) -> dict:
     s = http.post("/v1/eval-sets", headers=headers,
                   json={"name": "e2e", "items": items, "grammar": grammar})
     assert s.status_code == 201, s.text
     r = http.post("/v1/evaluations", headers=headers,
-                  json={"eval_set": s.json()["id"], "arms": arms, "max_tokens": MAX_TOKENS})
+                  json={"eval_set": s.json()["id"], "arms": arms, "max_tokens": max_tokens})
     assert r.status_code == 202, r.text
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -225,10 +230,17 @@ def test_an_evaluation_measures_each_path_and_recommends_the_simplest_good_one(
         assert verdicts[("rag", "adapter_rag:orders")] == "b_better", ev["comparisons"]
         assert ev["recommendation"]["arm"] == "adapter_rag:orders", ev["recommendation"]
 
-        # documents-only knowledge: the codes are on the cards, nowhere in the base model
-        facts = [{"query": f"What is the item code of the {name}?", "checks": {"contains": [code]},
-                  "documents": [name.replace(" ", "-")]} for name, code in EVAL_PRODUCTS]
-        ev = evaluate(http, headers, facts, ["prompt", "rag"])
+        # documents-only knowledge: door codes, one note each, nowhere in the base model
+        notes = [(f"the {place} room", code) for place, code in DOOR_CODES]
+        files = [("file", (f"door-{i}.txt", f"The door code for {room} is {code}. Staff only."
+                           .encode(), "text/plain")) for i, (room, code) in enumerate(notes)]
+        r = http.post("/v1/documents", headers=headers, files=files)
+        assert r.status_code == 202, r.text
+        assert wait_job(http, headers, r.json()["job_id"], timeout=JOB_TIMEOUT_S)["state"] == (
+            "succeeded")
+        facts = [{"query": f"What is the door code for {room}?", "checks": {"contains": [code]},
+                  "documents": [f"door-{i}"]} for i, (room, code) in enumerate(notes)]
+        ev = evaluate(http, headers, facts, ["prompt", "rag"], max_tokens=40)
         arms = {a["arm"]: a for a in ev["arms"]}
         assert arms["rag"]["pass_rate"] > arms["prompt"]["pass_rate"] == 0, arms
         assert arms["rag"]["retrieval_hit_rate"] >= 0.8, arms["rag"]

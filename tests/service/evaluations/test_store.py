@@ -3,19 +3,33 @@ runs, PostgreSQL), and a result is stored once however often it is written."""
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from core.registry.db import Registry
 from core.registry.models import Base
 from service.evaluations.store import EvaluationStore
 from service.policy import Policy
 from service.tenants import TenantService
-from tests.service.test_registry import registry  # noqa: F401 - the sqlite/postgres fixture
+from tests.helpers.postgres import postgres_available, registry_url
 
 TABLES = {"eval_sets", "evaluations", "eval_results"}
 
 
-def test_the_migration_creates_the_tables_the_models_declare(registry):  # noqa: F811
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry(request, tmp_path):
+    if request.param == "postgres" and not postgres_available():
+        pytest.skip("no PostgreSQL at RAGTUNE_TEST_POSTGRES_URL")
+    url, cleanup = registry_url(request.param, tmp_path)
+    reg = Registry(url)
+    reg.migrate()
+    yield reg
+    reg.dispose()
+    cleanup()
+
+
+def test_the_migration_creates_the_tables_the_models_declare(registry):
     with registry.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     ours = [d for d in diff if TABLES & {getattr(x, "name", None) for x in _objects(d)}]
@@ -33,7 +47,7 @@ def _objects(d):
     return out
 
 
-def test_a_result_is_counted_once_and_a_claim_resumes_it(registry):  # noqa: F811
+def test_a_result_is_counted_once_and_a_claim_resumes_it(registry):
     TenantService(registry).create("acme", Policy())
     store = EvaluationStore(registry)
     s = store.create_set("acme", "s", [{"id": "1", "query": "q", "checks": {"exact": "a"}}], None)
@@ -51,7 +65,7 @@ def test_a_result_is_counted_once_and_a_claim_resumes_it(registry):  # noqa: F81
     assert store.renew(ev["id"], "w2", 60) is False and store.renew(ev["id"], "w1", 60) is True
 
 
-def test_an_expired_lease_is_claimed_again(registry):  # noqa: F811
+def test_an_expired_lease_is_claimed_again(registry):
     TenantService(registry).create("acme", Policy())
     store = EvaluationStore(registry)
     s = store.create_set("acme", "s", [{"id": "1", "query": "q", "checks": {"exact": "a"}}], None)
