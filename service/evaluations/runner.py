@@ -147,6 +147,9 @@ class EvaluationRunner:
             if (arm, item.id) not in done
         ]
         log.info("evaluation %s: %d of %d results to go", c.id, len(todo), c.total)
+        # The tenant as of this run's start (one registry read per arm kind, not one per item).
+        tenants = {kind: await self._tenant(c.tenant_id, kind)
+                   for kind in {parse_arm(arm)[0] for arm in c.arms}}
         sem = asyncio.Semaphore(self.settings.concurrency)
         lost = asyncio.Event()
 
@@ -154,7 +157,7 @@ class EvaluationRunner:
             async with sem:
                 if lost.is_set():
                     return
-                result = await self._answer(c, judge, seq, item, arm)
+                result = await self._answer(c, judge, seq, item, arm, tenants)
                 if await asyncio.to_thread(self.store.record, c.id, result) and self.metrics:
                     self.metrics.count_evaluation_item(parse_arm(arm)[0], result["passed"])
 
@@ -193,9 +196,12 @@ class EvaluationRunner:
         policy = Policy.model_validate({**view.policy.model_dump(), **changes})
         return TenantView(view.id, policy)
 
-    async def _answer(self, c: Claimed, judge: Judge, seq: int, item: Item, arm: str) -> dict:
+    async def _answer(
+        self, c: Claimed, judge: Judge, seq: int, item: Item, arm: str,
+        tenants: dict[str, TenantView],
+    ) -> dict:
         kind, name, version = parse_arm(arm)
-        tenant = await self._tenant(c.tenant_id, kind)
+        tenant = tenants[kind]
         req = ChatRequest.model_validate(
             {
                 "messages": item.chat_messages(),
