@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from service.policy import Policy, decide_auto
-
-PATHS = ("prompt", "rag", "adapter_rag")
+from service.policy import PATHS, Policy, decide_auto
 
 
 @dataclass

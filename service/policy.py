@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InvalidRequest
 
 Path = Literal["prompt", "rag", "adapter_rag"]
+PATHS: tuple[Path, ...] = get_args(Path)  # simplest first: the decision guide's order
 
 
 class Policy(BaseModel):

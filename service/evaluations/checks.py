@@ -83,6 +83,10 @@ class Item(BaseModel):
             raise ValueError(f"an item needs at least one check ({', '.join(CHECK_KINDS)})")
         return self
 
+    def question(self) -> str:
+        """The last user message: what the item asks."""
+        return self.query if self.query is not None else self.messages[-1].content
+
     def chat_messages(self) -> list[dict]:
         if self.messages is not None:
             return [m.model_dump() for m in self.messages]
@@ -118,14 +122,18 @@ def _row_error(row: int, e: ValidationError) -> EvalError:
     )
 
 
-def parse_items(rows: Iterable[object], *, has_grammar: bool) -> list[Item]:
-    """Items from decoded rows (1-based row numbers in errors). The whole set is refused on the
-    first bad row: a set is either all usable or not stored at all."""
+def parse_items(
+    rows: Iterable[object], *, has_grammar: bool, max_items: int = MAX_ITEMS
+) -> list[Item]:
+    """Items from decoded rows (1-based row numbers in errors), at most `max_items`. The whole
+    set is refused on the first bad row: a set is either all usable or not stored at all."""
     items: list[Item] = []
     seen: set[str] = set()
     for n, raw in enumerate(rows, start=1):
-        if n > MAX_ITEMS:
-            raise EvalError(f"more than {MAX_ITEMS} items", code="invalid_eval_set", param="items")
+        if n > max_items:
+            raise EvalError(
+                f"at most {max_items} items in a set", code="invalid_eval_set", param="items"
+            )
         if not isinstance(raw, dict):
             raise EvalError(
                 f"row {n}: an item is a JSON object",

@@ -29,13 +29,12 @@ from service.chat import ChatService
 from service.evaluations.checks import Item, Judge
 from service.evaluations.store import Claimed, EvaluationStore
 from service.evaluations.summary import summarise
-from service.policy import Policy
+from service.policy import PATHS, Policy
 from service.protocol import ChatRequest
 from service.tenants import TenantService, TenantView
 
 log = logging.getLogger("ragtune.evaluations")
 
-PATHS = ("prompt", "rag", "adapter_rag")
 
 
 def parse_arm(arm: str) -> tuple[str, str | None, int | None]:
@@ -108,7 +107,10 @@ class EvaluationRunner:
             await self._run(claimed)
         except Transient as exc:
             log.warning("evaluation %s paused: %s", claimed.id, exc)
-            if await asyncio.to_thread(self._attempts_left, claimed) <= 0:
+            left = await asyncio.to_thread(
+                self.store.release, claimed.id, self.settings.max_attempts
+            )
+            if left <= 0:
                 await asyncio.to_thread(
                     self.store.finish,
                     claimed.id,
@@ -124,21 +126,10 @@ class EvaluationRunner:
                 self.metrics.observe_evaluation(time.perf_counter() - started)
         return True
 
-    def _attempts_left(self, claimed: Claimed) -> int:
-        from core.registry.models import Evaluation
-
-        with self.store.registry.session() as s:
-            ev = s.get(Evaluation, claimed.id)
-            left = self.settings.max_attempts - (ev.attempts if ev else self.settings.max_attempts)
-            if ev is not None and left > 0:
-                ev.lease_until = None  # claimable again at once
-                ev.state = "queued"
-            return left
-
     async def _run(self, c: Claimed) -> None:
-        found = await asyncio.to_thread(self._set_of, c)
-        judge = Judge(found["grammar_text"])
-        items = [Item.model_validate(x) for x in found["item_list"]]
+        items, grammar = await asyncio.to_thread(self.store.set_contents, c.tenant_id,
+                                                 c.eval_set_id)
+        judge = Judge(grammar)
         done = await asyncio.to_thread(self.store.done_keys, c.id)
         todo = [
             (seq, item, arm)
@@ -181,9 +172,6 @@ class EvaluationRunner:
         summary = summarise(c.arms, results)
         await asyncio.to_thread(self.store.finish, c.id, summary=summary)
         log.info("evaluation %s succeeded: %s", c.id, summary.get("recommendation"))
-
-    def _set_of(self, c: Claimed) -> dict:
-        return self.store.get_set(c.tenant_id, c.eval_set_id, with_items=True)
 
     async def _tenant(self, tenant_id: str, arm_kind: str) -> TenantView:
         """The tenant as its applications meet it, except that every path may be asked for by

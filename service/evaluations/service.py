@@ -4,7 +4,7 @@ they are queued (arms, adapters, token limit), and the views of both."""
 from __future__ import annotations
 
 from adapters.service import AdapterService
-from core.errors import EvalError, InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound
 from core.settings import EvaluationSettings, LimitSettings
 from service.evaluations.checks import MAX_ITEMS, compile_grammar, parse_items
 from service.evaluations.runner import parse_arm
@@ -30,13 +30,11 @@ class EvaluationService:
                 grammar = None
             else:
                 compile_grammar(grammar)
-        if len(rows) > min(MAX_ITEMS, self.settings.max_items):
-            raise EvalError(
-                f"at most {min(MAX_ITEMS, self.settings.max_items)} items in a set",
-                code="invalid_eval_set",
-                param="items",
-            )
-        items = parse_items(rows, has_grammar=grammar is not None)
+        items = parse_items(
+            rows,
+            has_grammar=grammar is not None,
+            max_items=min(MAX_ITEMS, self.settings.max_items),
+        )
         stored = [i.model_dump(exclude_none=True) for i in items]
         return self.store.create_set(tenant_id, name, stored, grammar)
 
@@ -64,5 +62,4 @@ class EvaluationService:
                 code="max_tokens_too_large",
                 param="max_tokens",
             )
-        self.store.get_set(tenant_id, set_id)  # 404 before anything is queued
-        return self.store.create(tenant_id, set_id, arms, max_tokens)
+        return self.store.create(tenant_id, set_id, arms, max_tokens)  # 404: no such set

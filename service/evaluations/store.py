@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from core.errors import NotFound
 from core.registry.db import Registry
 from core.registry.models import EvalResult, EvalSet, Evaluation, utcnow
+from service.evaluations.checks import Item
 
 
 def new_id(prefix: str) -> str:
@@ -70,14 +71,15 @@ class EvaluationStore:
             raise NotFound(f"no eval set '{set_id}'", code="eval_set_not_found", param="eval_set")
         return row
 
-    def get_set(self, tenant_id: str, set_id: str, *, with_items: bool = False) -> dict:
+    def get_set(self, tenant_id: str, set_id: str) -> dict:
+        with self.registry.session() as s:
+            return _set_view(self._set_row(s, tenant_id, set_id))
+
+    def set_contents(self, tenant_id: str, set_id: str) -> tuple[list[Item], str | None]:
+        """A set's items and its grammar text (None: it has none)."""
         with self.registry.session() as s:
             row = self._set_row(s, tenant_id, set_id)
-            out = _set_view(row)
-            if with_items:
-                out["item_list"] = row.items
-                out["grammar_text"] = row.grammar
-            return out
+            return [Item.model_validate(x) for x in row.items], row.grammar
 
     def list_sets(self, tenant_id: str) -> dict:
         with self.registry.session() as s:
@@ -162,7 +164,11 @@ class EvaluationStore:
                 .order_by(EvalResult.seq, EvalResult.arm)
             ).all()
             found = s.get(EvalSet, ev.eval_set_id)
-            queries = {i["id"]: _question(i) for i in found.items} if found else {}
+            queries = (
+                {i.id: i.question() for i in map(Item.model_validate, found.items)}
+                if found
+                else {}
+            )
             return [_result_view(r, queries.get(r.item_id)) for r in rows]
 
     def latest_succeeded(self, tenant_id: str) -> dict | None:
@@ -247,6 +253,17 @@ class EvaluationStore:
                 ).all()
             )
 
+    def release(self, evaluation_id: str, max_attempts: int) -> int:
+        """After a paused run: the runs it has left; when some are left, it is queued again at
+        once (claimable before its lease would have run out)."""
+        with self.registry.session() as s:
+            ev = s.get(Evaluation, evaluation_id)
+            left = max_attempts - (ev.attempts if ev else max_attempts)
+            if ev is not None and left > 0:
+                ev.lease_until = None
+                ev.state = "queued"
+            return left
+
     def finish(
         self, evaluation_id: str, *, summary: dict | None = None, error: str | None = None
     ) -> None:
@@ -282,12 +299,6 @@ def _evaluation_view(ev: Evaluation, done: int, brief: bool = False) -> dict:
     elif ev.summary:
         out["recommendation"] = ev.summary.get("recommendation")
     return out
-
-
-def _question(item: dict) -> str:
-    if item.get("query") is not None:
-        return item["query"]
-    return next((m["content"] for m in reversed(item["messages"]) if m["role"] == "user"), "")
 
 
 def _result_view(r: EvalResult, query: str | None = None) -> dict:

@@ -1,5 +1,5 @@
-"""Calls of the HTTP API that many tests make: chat, upload, wait for a job. `client` is any
-httpx client with the service as its base URL: the in-process TestClient, or
+"""Calls of the HTTP API that many tests make: chat, upload, wait for a job or an evaluation.
+`client` is any httpx client with the service as its base URL: the in-process TestClient, or
 `httpx.Client(base_url=server.url)` for a live server."""
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def wait_job(client, headers, job_id, timeout=60) -> dict:
             return body
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not end: {body}")
+
+
+def wait_evaluation(client, headers, evaluation_id, timeout=60) -> dict:
+    """The evaluation once it succeeded or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/evaluations/{evaluation_id}", headers=headers).json()
+        if body["state"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"evaluation {evaluation_id} did not end: {body}")
 
 
 def indexed(client, headers, name, content, **data) -> dict:

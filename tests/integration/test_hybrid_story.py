@@ -21,13 +21,12 @@ import os
 import random
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.api import wait_job
+from tests.helpers.api import wait_evaluation, wait_job
 from tests.helpers.server import ragtune_command
 
 pytestmark = pytest.mark.integration
@@ -198,12 +197,7 @@ def evaluate(http: httpx.Client, headers: dict, items: list[dict], arms: list[st
     r = http.post("/v1/evaluations", headers=headers,
                   json={"eval_set": s.json()["id"], "arms": arms, "max_tokens": max_tokens})
     assert r.status_code == 202, r.text
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        ev = http.get(f"/v1/evaluations/{r.json()['id']}", headers=headers).json()
-        if ev["state"] in ("succeeded", "failed"):
-            break
-        time.sleep(1)
+    ev = wait_evaluation(http, headers, r.json()["id"], timeout=600)
     assert ev["state"] == "succeeded", ev
     assert ev["progress"]["done"] == ev["progress"]["total"] == len(items) * len(arms)
     return ev

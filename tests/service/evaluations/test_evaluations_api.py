@@ -17,7 +17,7 @@ from core.registry.models import Evaluation
 from service.app import create_app
 from service.evaluations.runner import EvaluationRunner
 from tests.helpers import adapter_service as adapters_api
-from tests.helpers.api import indexed
+from tests.helpers.api import indexed, wait_evaluation
 from tests.helpers.app import assert_error, make_settings, new_tenant
 
 FACT = "The harbour master's office code is QX-7731. The office opens at dawn."
@@ -27,16 +27,6 @@ ITEMS = [
     for i in range(8)
 ]
 GRAMMAR = 'start: "echo" /.+/s\n'
-
-
-def wait_evaluation(client, headers, evaluation_id, timeout=60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/evaluations/{evaluation_id}", headers=headers).json()
-        if body["state"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"evaluation {evaluation_id} did not end: {body}")
 
 
 @pytest.fixture
