@@ -122,10 +122,14 @@ class AdapterCatalog:
                                      r.description, vectors, trained))
         return out
 
-    def version(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
+    def version(
+        self, tenant_id: str, name: str, version: int, *, candidate: bool = False
+    ) -> ServedAdapter | None:
         """One version of a live adapter that may serve: the current one, an older ready one, or
         a retired one (its files stay for rollback; the engines load it on demand). For
-        evaluations that pin a version; None when there is no such version."""
+        evaluations that pin a version; None when there is no such version. `candidate`: also
+        a version still `loading` (a gate's evaluation of it, which no tenant request reaches)."""
+        states = ("ready", "retired", "loading") if candidate else ("ready", "retired")
         with self.registry.session() as s:
             row = s.execute(
                 select(AdapterVersion.tenant_id, AdapterVersion.name, AdapterVersion.version,
@@ -135,7 +139,7 @@ class AdapterCatalog:
                       & (Adapter.name == AdapterVersion.name))
                 .where(Adapter.tenant_id == tenant_id, Adapter.name == name,
                        Adapter.state == "live", AdapterVersion.version == version,
-                       AdapterVersion.state.in_(("ready", "retired")))
+                       AdapterVersion.state.in_(states))
             ).first()
             if row is None:
                 return None
@@ -184,13 +188,14 @@ def _view(adapter: Adapter, versions, with_versions: bool = True) -> dict:
         "description": current.description,
         "examples": current.examples,
         "training": current.training,
+        "gate": current.gate,
         "created_at": current.created_at.isoformat(),
         "updated_at": adapter.updated_at.isoformat(),
     }
     if with_versions:
         out["versions"] = [
             {"version": v.version, "status": v.state, "rank": v.rank, "size_bytes": v.size_bytes,
-             "training": v.training, "created_at": v.created_at.isoformat(),
+             "training": v.training, "gate": v.gate, "created_at": v.created_at.isoformat(),
              "retired_at": v.retired_at.isoformat() if v.retired_at else None}
             for v in versions
         ]

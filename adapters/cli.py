@@ -221,17 +221,21 @@ def post_adapter(
     key: str,
     timeout: float = 600.0,
     transport: httpx.BaseTransport | None = None,
+    gate: dict | None = None,
 ) -> httpx.Response:
     """POST the folder, packed as a .tar.gz in memory, to /v1/adapters (multipart)."""
     from adapters.pack import pack_adapter
 
     data = pack_adapter(folder)
+    fields = {"name": name, "description": description, "examples": json.dumps(examples)}
+    if gate is not None:
+        fields["gate"] = json.dumps(gate)
     with httpx.Client(base_url=url, timeout=timeout, transport=transport) as client:
         return client.post(
             "/v1/adapters",
             headers={"Authorization": f"Bearer {key}"},
             files={"file": (f"{name}.tar.gz", data, "application/gzip")},
-            data={"name": name, "description": description, "examples": json.dumps(examples)},
+            data=fields,
         )
 
 
@@ -257,12 +261,23 @@ def register(
         str | None, typer.Option(envvar="RAGTUNE_API_KEY", help="Tenant API key.")
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait (the server loads it first).")
+        float, typer.Option(help="Seconds to wait (the server loads it first, and runs the gate).")
     ] = 600.0,
+    gate_set: Annotated[
+        str | None,
+        typer.Option(
+            help="Gate the release on this eval set: traffic moves to the new version only if "
+            "it is not worse than the current one there."
+        ),
+    ] = None,
+    gate_min_delta: Annotated[
+        float, typer.Option(help="How much lower its pass rate may be (0.05 = 5 points).")
+    ] = 0.0,
 ) -> None:
     """Upload an adapter folder to a ragtune server; prints the server's JSON answer."""
     if not key:
         raise _fail("no API key: pass --key or set RAGTUNE_API_KEY", 2)
+    gate = {"eval_set": gate_set, "min_delta": gate_min_delta} if gate_set else None
     try:
         prompts = parse_examples(examples)
         resp = post_adapter(
@@ -274,6 +289,7 @@ def register(
             key=key,
             timeout=timeout,
             transport=_TRANSPORT,
+            gate=gate,
         )
     except (OSError, ValueError) as e:
         raise _fail(f"cannot register {folder}: {e}", 2) from None

@@ -3,7 +3,8 @@ switch), rollback and delete. The views and the routing read model are `AdapterC
 keeping every replica in step is `Reconciler`'s; this service is the one door to all three.
 
 Traffic goes to an adapter's `current_version`, which changes only after the new version is
-loaded on every healthy replica; the old version is unloaded once this process's requests on it
+loaded on every healthy replica (and, with a gate, only after an evaluation found it not worse
+than the version it replaces: `GateCheck`; a version that fails is kept as `rejected`); the old version is unloaded once this process's requests on it
 have ended and `retire_grace_s` has passed (requests of other API replicas that resolved it just
 before the switch). Any failure during registration removes the version's files, rows and loaded
 copies again: nothing half-registered is ever routed to or left behind.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +37,24 @@ from core.settings import Settings
 EFFECT_PROBES = 2
 EFFECT_TOKENS = 4
 EFFECT_MIN_LOGPROB_DELTA = 1e-4
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    passed: bool
+    record: dict  # stored with the version (service.protocol's GateRecord)
+    message: str  # why it failed, with the figures (the 422's message)
+
+
+# (tenant, name, new version, current version or None) -> the verdict. The new version is
+# loaded on the engines but not routable while it runs; service/evaluations/gate.py builds it.
+GateCheck = Callable[[str, str, int, int | None], Awaitable[GateOutcome]]
+
+
+class GateFailed(Exception):
+    def __init__(self, outcome: GateOutcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
 
 
 class AdapterService:
@@ -60,26 +80,27 @@ class AdapterService:
     # ---- what the routes call -----------------------------------------------------------
     async def register_upload(
         self, tenant_id: str, upload: BinaryIO, *, name: object, description: object,
-        examples: object,
+        examples: object, gate: GateCheck | None = None,
     ) -> dict:
         """Register the archive `upload` (a .tar.gz or .zip file object, closed once copied)."""
         return await self._register_staged(
             tenant_id, lambda staging: self.staging.from_upload(upload, staging),
-            name, description, examples,
+            name, description, examples, gate,
         )
 
     async def register_from_uri(
-        self, tenant_id: str, uri: str, *, name: object, description: object, examples: object
+        self, tenant_id: str, uri: str, *, name: object, description: object, examples: object,
+        gate: GateCheck | None = None,
     ) -> dict:
         """Register a copy of the adapter folder `uri` names under the adapter root."""
         return await self._register_staged(
             tenant_id, lambda staging: self.staging.from_uri(uri, staging),
-            name, description, examples,
+            name, description, examples, gate,
         )
 
     async def _register_staged(
         self, tenant_id: str, stage: Callable[[Path], Staged],
-        name: object, description: object, examples: object,
+        name: object, description: object, examples: object, gate: GateCheck | None,
     ) -> dict:
         """The fields are checked before a byte of the adapter is stored; `stage` (blocking)
         puts the validated adapter, and its checked training record, in the staging folder it
@@ -90,7 +111,7 @@ class AdapterService:
             staged = await asyncio.to_thread(stage, staging)
             return await self.register(tenant_id, staged.folder, staged.info, name=name,
                                        description=description, examples=examples,
-                                       training=staged.training)
+                                       training=staged.training, gate=gate)
 
     def get(self, tenant_id: str, name: str) -> dict:
         return self.catalog.get(tenant_id, name)
@@ -101,8 +122,10 @@ class AdapterService:
     def served(self, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
         return self.catalog.served(tenant_id, name)
 
-    def version(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
-        return self.catalog.version(tenant_id, name, version)
+    def version(
+        self, tenant_id: str, name: str, version: int, *, candidate: bool = False
+    ) -> ServedAdapter | None:
+        return self.catalog.version(tenant_id, name, version, candidate=candidate)
 
     def served_in(self, s: Session, tenant_id: str, name: str | None = None) -> list[ServedAdapter]:
         return self.catalog.served_in(s, tenant_id, name)
@@ -121,11 +144,13 @@ class AdapterService:
         description: str,
         examples: list[str],
         training: dict | None = None,
+        gate: GateCheck | None = None,
     ) -> dict:
         """`folder` is validated and lies in a staging dir this call now owns; `training`: its
-        checked training record (adapters/training_record.py), None when it has none."""
-        version, final = await asyncio.to_thread(self._reserve, tenant_id, name, info,
-                                                 description, examples, training)
+        checked training record (adapters/training_record.py), None when it has none; `gate`:
+        run once the version is loaded, before traffic moves (module doc)."""
+        version, final, current = await asyncio.to_thread(
+            self._reserve, tenant_id, name, info, description, examples, training)
         ename = engine_name(tenant_id, name, version)
         loaded = False
         try:
@@ -137,7 +162,18 @@ class AdapterService:
             await self.engines.load_everywhere(ename, str(final))
             loaded = True
             await self._check_effect(ename, [*examples, description])
-            previous = await asyncio.to_thread(self._switch, tenant_id, name, version)
+            record = None
+            if gate is not None:
+                outcome = await gate(tenant_id, name, version, current)
+                if not outcome.passed:
+                    raise GateFailed(outcome)
+                record = outcome.record
+            previous = await asyncio.to_thread(self._switch, tenant_id, name, version, record)
+        except GateFailed as failed:
+            await self.engines.unload_everywhere(ename)
+            await asyncio.to_thread(self._reject, tenant_id, name, version, final,
+                                    failed.outcome.record)
+            raise AdapterError(failed.outcome.message, code="gate_failed", param="gate") from None
         except BaseException:
             if loaded:
                 await self.engines.unload_everywhere(ename)
@@ -203,6 +239,7 @@ class AdapterService:
                 )
             )
             version = (last or 0) + 1
+            current = adapter.current_version if adapter is not None else None
             final = self.root / tenant_id / name / f"v{version}"
             s.add(
                 AdapterVersion(
@@ -213,15 +250,17 @@ class AdapterService:
                     example_vectors=[], training=training,
                 )
             )
-        return version, final
+        return version, final, current
 
     def _set_vectors(self, tenant_id, name, version, vectors) -> None:
         with self.registry.session() as s:
             v = s.get(AdapterVersion, (tenant_id, name, version))
             v.example_vectors = [list(map(float, vec)) for vec in vectors]
 
-    def _switch(self, tenant_id: str, name: str, version: int) -> ServedAdapter | None:
-        """Route `name` to `version` (ready); the old current version becomes retired."""
+    def _switch(self, tenant_id: str, name: str, version: int,
+                gate: dict | None = None) -> ServedAdapter | None:
+        """Route `name` to `version` (ready); the old current version becomes retired. `gate`:
+        the record of the gate it passed (kept with it)."""
         with self.registry.session(lock=True) as s:
             adapter = s.get(Adapter, (tenant_id, name), with_for_update=True)
             if adapter is None or adapter.state != "live":
@@ -229,6 +268,8 @@ class AdapterService:
                                code="adapter_being_deleted", param="name")
             target = s.get(AdapterVersion, (tenant_id, name, version))
             target.state, target.retired_at = "ready", None
+            if gate is not None:
+                target.gate = gate
             old = adapter.current_version
             adapter.current_version = version
             adapter.updated_at = utcnow()
@@ -255,6 +296,16 @@ class AdapterService:
                 )
                 if not left:
                     s.delete(adapter)
+        shutil.rmtree(final, ignore_errors=True)
+        _prune_empty(final.parent, self.root)
+
+    def _reject(self, tenant_id, name, version, final: Path, gate: dict) -> None:
+        """A version its gate failed: the row stays (`rejected`, with the figures) so the tenant
+        sees why; its files go (nothing may serve it, and a rollback never picks it)."""
+        with self.registry.session() as s:
+            v = s.get(AdapterVersion, (tenant_id, name, version))
+            if v is not None:
+                v.state, v.gate = "rejected", gate
         shutil.rmtree(final, ignore_errors=True)
         _prune_empty(final.parent, self.root)
 

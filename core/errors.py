@@ -190,6 +190,8 @@ ADAPTER_ERROR_CODES = frozenset(
         "unexpected_tensors",
         # served: the engine's answers with and without it are the same (it changes nothing)
         "adapter_has_no_effect",
+        # its gate: the evaluation found it worse than the version it was to replace
+        "gate_failed",
         # ragtune_training.json (optional: how `ragtune adapters train` trained it)
         "invalid_training_record",
         # the engine

@@ -26,6 +26,7 @@ from ingest.retrieval import Retriever
 from service.advisor import Advisor
 from service.chat import ChatService
 from service.engine_supervisor import EngineSupervisor
+from service.evaluations.gate import AdapterGates
 from service.evaluations.runner import EvaluationRunner
 from service.evaluations.service import EvaluationService
 from service.evaluations.store import EvaluationStore
@@ -127,11 +128,15 @@ def create_app(settings: Settings) -> FastAPI:
         state.evaluations = EvaluationService(
             eval_store, adapter_service, settings.evaluations, settings.limits
         )
+        runner = EvaluationRunner(
+            eval_store, state.chat, state.tenants, settings.evaluations, metrics
+        )
+        # An adapter gate runs its evaluation in the registering request, whether or not this
+        # process also works the evaluation queue.
+        state.gates = AdapterGates(eval_store, runner, settings.evaluations, settings.limits)
         if settings.evaluations.embedded:
-            state.evaluation_runner = EvaluationRunner(
-                eval_store, state.chat, state.tenants, settings.evaluations, metrics
-            )
-            state.evaluation_runner.start()
+            state.evaluation_runner = runner
+            runner.start()
         reconciler = start_reconciler(adapter_service, pool, settings.adapters.reconcile_interval_s)
         worker_thread = None
         if settings.worker.embedded:

@@ -44,6 +44,7 @@ class State:
     worker: Any = None  # ingest.worker.IngestWorker running in this process, if any
     evaluations: Any = None  # service.evaluations.service.EvaluationService
     evaluation_runner: Any = None  # its runner, when this process runs evaluations
+    gates: Any = None  # service.evaluations.gate.AdapterGates
 
     def wake_evaluations(self) -> None:
         if self.evaluation_runner is not None:

@@ -151,7 +151,9 @@ class AdapterVersion(Base):
 
     state: loading (being loaded into the engines; never routed to) | ready (routable: the
     current version, or an older one a rollback may switch back to) | retired (switched away
-    from: unloaded once its requests end; its files stay for rollback)."""
+    from: unloaded once its requests end; its files stay for rollback) | rejected (its gate's
+    evaluation found it worse than the version it was to replace: never routed to; its files
+    are removed, the row stays with the figures in `gate`)."""
 
     __tablename__ = "adapter_versions"
     __table_args__ = (
@@ -177,6 +179,9 @@ class AdapterVersion(Base):
     # The checked training record (adapters/training_record.py) uploaded with this version;
     # None: it came without one (trained elsewhere, or registered before records existed).
     training: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=None)
+    # The gate this version passed or failed (service/evaluations/gate.py's record); None:
+    # registered without one.
+    gate: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -126,6 +126,19 @@ class EvaluationRunner:
                 self.metrics.observe_evaluation(time.perf_counter() - started)
         return True
 
+    async def run_claimed(self, claimed: Claimed) -> None:
+        """Run an evaluation this runner holds to its end, here (an adapter gate waits on it):
+        a pause is its failure, as is any error; the store says how it ended."""
+        started = time.perf_counter()
+        try:
+            await self._run(claimed)
+        except Exception as exc:  # noqa: BLE001 - Transient included: the gate cannot wait
+            log.warning("evaluation %s failed: %s", claimed.id, exc)
+            await asyncio.to_thread(self.store.finish, claimed.id, error=str(exc) or repr(exc))
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_evaluation(time.perf_counter() - started)
+
     async def _run(self, c: Claimed) -> None:
         items, grammar = await asyncio.to_thread(self.store.set_contents, c.tenant_id,
                                                  c.eval_set_id)
@@ -205,8 +218,9 @@ class EvaluationRunner:
         error = None
         try:
             if version is not None:
+                # a gate's candidate is still `loading`: evaluated before any request reaches it
                 pinned = await asyncio.to_thread(
-                    self.chat.adapters.version, c.tenant_id, name, version
+                    self.chat.adapters.version, c.tenant_id, name, version, candidate=True
                 )
                 if pinned is None:
                     raise APIError(

@@ -96,6 +96,22 @@ class EvaluationStore:
 
     # ---- evaluations -------------------------------------------------------------------------
     def create(self, tenant_id: str, set_id: str, arms: list[str], max_tokens: int) -> dict:
+        ev = self._create(tenant_id, set_id, arms, max_tokens)
+        return {"id": ev.id, "object": "evaluation", "state": "queued"}
+
+    def create_claimed(
+        self, tenant_id: str, set_id: str, arms: list[str], max_tokens: int, worker: str,
+        lease_s: float,
+    ) -> Claimed:
+        """An evaluation created already held by `worker` (an adapter gate runs it at once, not
+        behind the queue); if that process dies, another runner takes it over as any other."""
+        now = utcnow()
+        ev = self._create(tenant_id, set_id, arms, max_tokens, state="running", attempts=1,
+                          leased_by=worker, lease_until=now + timedelta(seconds=lease_s),
+                          started_at=now)
+        return Claimed(ev.id, tenant_id, set_id, list(arms), max_tokens, ev.total)
+
+    def _create(self, tenant_id, set_id, arms, max_tokens, **state) -> Evaluation:
         with self.registry.session() as s:
             row = self._set_row(s, tenant_id, set_id)
             ev = Evaluation(
@@ -104,13 +120,14 @@ class EvaluationStore:
                 eval_set_id=set_id,
                 arms=arms,
                 max_tokens=max_tokens,
-                state="queued",
-                attempts=0,
+                state=state.pop("state", "queued"),
+                attempts=state.pop("attempts", 0),
                 total=row.item_count * len(arms),
                 created_at=utcnow(),
+                **state,
             )
             s.add(ev)
-        return {"id": ev.id, "object": "evaluation", "state": "queued"}
+        return ev
 
     def _row(self, s, tenant_id: str, evaluation_id: str) -> Evaluation:
         ev = s.get(Evaluation, evaluation_id)

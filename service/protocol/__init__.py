@@ -16,6 +16,8 @@ from service.protocol.adapters import (  # noqa: F401
     AdapterList,
     AdapterSummary,
     AdapterVersionInfo,
+    Gate,
+    GateRecord,
     Rollback,
 )
 from service.protocol.advisor import (  # noqa: F401

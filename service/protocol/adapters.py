@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.protocol.base import ResponseBody
+
+
+class Gate(BaseModel):
+    """Register a version only if an evaluation on the tenant's own set finds it not worse than
+    the version it replaces (the first version: not worse than the `rag` path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eval_set: str = Field(min_length=1, max_length=64, description="One of the tenant's eval sets.")
+    min_delta: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="How much lower the new version's pass rate may be (0.05 = 5 points).",
+    )
+    max_tokens: int = Field(256, ge=1, description="Per answer, as for an evaluation.")
 
 
 class AdapterByUri(BaseModel):
@@ -16,6 +30,7 @@ class AdapterByUri(BaseModel):
     uri: str = Field(description="A path (or file:// URI) under the server's adapter root.")
     description: str = ""
     examples: list[str] = Field(default_factory=list)
+    gate: Gate | None = Field(None, description="Evaluate before traffic moves (API.md).")
 
 
 class Rollback(BaseModel):
@@ -38,6 +53,8 @@ REGISTER_ADAPTER_BODY = {
                     "name": {"type": "string"},
                     "description": {"type": "string"},
                     "examples": {"type": "string", "description": "A JSON list of prompts"},
+                    "gate": {"type": "string",
+                             "description": 'JSON: {"eval_set": id, "min_delta"?: 0.0}'},
                 },
             }
         },
@@ -45,9 +62,24 @@ REGISTER_ADAPTER_BODY = {
     },
 }
 
-# loading: another registration is putting it on the engines; retired: traffic left it (kept
-# for a rollback).
-AdapterStatus = Literal["loading", "ready", "retired"]
+# loading: another registration is putting it on the engines (or its gate is evaluating it);
+# retired: traffic left it (kept for a rollback); rejected: its gate found it worse (never served).
+AdapterStatus = Literal["loading", "ready", "retired", "rejected"]
+
+
+class GateRecord(ResponseBody):
+    """What a version's gate measured: the new version against the one it was to replace."""
+
+    eval_set: str
+    evaluation: str = Field(description="The evaluation's id: GET /v1/evaluations/{id}.")
+    baseline: str = Field(description="The arm it was compared with (the current version, or rag).")
+    candidate: str
+    baseline_pass_rate: float
+    pass_rate: float
+    delta: float = Field(description="pass_rate - baseline_pass_rate.")
+    min_delta: float
+    p_value: float | None = Field(description="Exact McNemar test on the paired items.")
+    passed: bool
 
 
 class TrainingContext(ResponseBody):
@@ -96,6 +128,7 @@ class AdapterVersionInfo(ResponseBody):
     )
     created_at: str = Field(description="ISO 8601.")
     retired_at: str | None = Field(description="When traffic left it; null if it never did.")
+    gate: GateRecord | None = Field(None, description="Its gate; null: registered without one.")
 
 
 class AdapterSummary(ResponseBody):
@@ -115,6 +148,9 @@ class AdapterSummary(ResponseBody):
     )
     created_at: str = Field(description="When the current version was registered (ISO 8601).")
     updated_at: str = Field(description="When the adapter last changed (ISO 8601).")
+    gate: GateRecord | None = Field(
+        None, description="The current version's gate; null: registered without one."
+    )
 
 
 class AdapterDetail(AdapterSummary):

@@ -4,6 +4,7 @@ import asyncio
 
 import orjson
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
@@ -13,6 +14,7 @@ from service.protocol import (
     AdapterByUri,
     AdapterDetail,
     AdapterList,
+    Gate,
     Rollback,
 )
 from service.routes import JSONRoute
@@ -32,6 +34,25 @@ def _parse_examples(raw) -> list | None:
     return value
 
 
+def _parse_gate(raw) -> Gate | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return Gate.model_validate_json(raw)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"'gate' must be JSON {{\"eval_set\": id, \"min_delta\"?: 0.0}}: {exc}",
+            code="invalid_gate", param="gate",
+        ) from exc
+
+
+async def _gate_check(state, tenant_id: str, gate: Gate | None):
+    """The gate checked before the adapter is stored (its eval set must be the tenant's)."""
+    if gate is None:
+        return None
+    return await asyncio.to_thread(state.gates.prepare, tenant_id, gate)
+
+
 async def _register_multipart(request: Request, tenant_id: str, state) -> dict:
     try:
         form = await request.form(max_files=2, max_fields=8, max_part_size=256 << 10)
@@ -42,10 +63,14 @@ async def _register_multipart(request: Request, tenant_id: str, state) -> dict:
         if not isinstance(part, UploadFile):
             raise InvalidRequest("no 'file' part: send the adapter as a .tar.gz or .zip",
                                  code="missing_file", param="file")
+        raw_gate = form.get("gate")
+        if isinstance(raw_gate, UploadFile):
+            raw_gate = (await raw_gate.read()).decode("utf-8", "replace")
+        gate = await _gate_check(state, tenant_id, _parse_gate(raw_gate))
         return await state.adapters.register_upload(
             tenant_id, part.file, name=form.get("name"),
             description=form.get("description") or "",
-            examples=_parse_examples(form.get("examples")),
+            examples=_parse_examples(form.get("examples")), gate=gate,
         )
     finally:
         await form.close()
@@ -65,11 +90,17 @@ async def register_adapter(request: Request, tenant: CurrentTenant, state: AppSt
         )
     try:
         body = AdapterByUri.model_validate_json(await request.body())
+    except ValidationError as exc:
+        if any(e["loc"][:1] == ("gate",) for e in exc.errors()):
+            raise InvalidRequest(f"invalid 'gate': {exc}", code="invalid_gate",
+                                 param="gate") from exc
+        raise InvalidRequest(f"invalid JSON body: {exc}", code="invalid_body") from exc
     except ValueError as exc:
         raise InvalidRequest(f"invalid JSON body: {exc}", code="invalid_body") from exc
+    gate = await _gate_check(state, tenant.id, body.gate)
     return await state.adapters.register_from_uri(
         tenant.id, body.uri, name=body.name, description=body.description,
-        examples=body.examples,
+        examples=body.examples, gate=gate,
     )
 
 
