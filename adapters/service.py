@@ -4,10 +4,11 @@ keeping every replica in step is `Reconciler`'s; this service is the one door to
 
 Traffic goes to an adapter's `current_version`, which changes only after the new version is
 loaded on every healthy replica (and, with a gate, only after an evaluation found it not worse
-than the version it replaces: `GateCheck`; a version that fails is kept as `rejected`); the old version is unloaded once this process's requests on it
-have ended and `retire_grace_s` has passed (requests of other API replicas that resolved it just
-before the switch). Any failure during registration removes the version's files, rows and loaded
-copies again: nothing half-registered is ever routed to or left behind.
+than the version it replaces: `GateCheck`; a version that fails is kept as `rejected`); the old
+version is unloaded once this process's requests on it have ended and `retire_grace_s` has
+passed (requests of other API replicas that resolved it just before the switch). Any failure
+during registration removes the version's files, rows and loaded copies again: nothing
+half-registered is ever routed to or left behind.
 """
 
 from __future__ import annotations
