@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from service.policy import PATHS, Policy, decide_auto
+from service.policy import PATHS, AdapterMatch, Policy, decide_auto
 
 
 @dataclass
@@ -24,6 +24,8 @@ class Labeled:
     top_score: float | None
     adapter: str | None
     adapter_match: float | None
+    adapter_named: bool = False
+    floor: float | None = None  # the floor serving used (the background floor, where unset)
 
 
 @dataclass
@@ -41,8 +43,12 @@ class Calibration:
 
 
 def predict(policy: Policy, row: Labeled) -> str:
-    match = (row.adapter or "adapter", row.adapter_match) if row.adapter_match is not None else None
-    return decide_auto(policy, row.top_score, match).path
+    match = (
+        AdapterMatch(row.adapter or "adapter", row.adapter_match, row.adapter_named)
+        if row.adapter_match is not None
+        else None
+    )
+    return decide_auto(policy, row.top_score, match, row.floor).path
 
 
 def accuracy(policy: Policy, rows: list[Labeled]) -> float:
@@ -63,7 +69,9 @@ def _best(policy: Policy, name: str, values: list[float], score) -> float:
     current = getattr(policy, name)
     best_key, best_value = None, current
     for threshold, gap in [(current, -1.0), *_candidates(values)]:
-        trial = policy.model_copy(update={name: round(max(-1.0, min(1.0, threshold)), 4)})
+        # None: left unset (min_score: the background floor), as the tenant has it now
+        value = None if threshold is None else round(max(-1.0, min(1.0, threshold)), 4)
+        trial = policy.model_copy(update={name: value})
         key = (score(trial), gap)
         if best_key is None or key > best_key:
             best_key, best_value = key, getattr(trial, name)
@@ -121,6 +129,8 @@ def labeled_from_explain(labels: list[dict], explained: list[dict]) -> list[Labe
             top_score=signals.get("top_score"),
             adapter=ex["route"].get("adapter"),
             adapter_match=signals.get("adapter_match"),
+            adapter_named=bool(signals.get("adapter_named")),
+            floor=signals.get("floor"),
         ))
     return out
 

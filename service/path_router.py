@@ -1,9 +1,11 @@
 """Per query: measure the signals the tenant's policy needs, decide the path, and gather the
 context that path gives the model.
 
-Signals: the retrieval top score over the tenant's current chunks, and the similarity of the
-query to each of the tenant's adapters' declared purpose (description and examples, embedded at
-registration). The query is embedded once and serves both.
+Signals: the retrieval top score over the tenant's current chunks against the tenant's floor
+(its policy's `min_score`, or unset its background floor: service/background.py), the
+similarity of the query to each of the tenant's adapters' declared purpose (description and
+examples, embedded at registration), and whether the query names an adapter (`named_in`). The
+query is embedded once and serves all.
 
 The context an adapter_rag answer gets follows the adapter's training record (`ContextPlan`): an
 adapter trained with retrieved context gets the top_k, floor and budget it was trained with, one
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,7 +29,17 @@ from core.errors import InvalidRequest, RetrievalUnavailable
 from core.metrics import Metrics
 from ingest.context import fit_to_budget
 from ingest.retrieval import Retrieval, Retriever, citations
-from service.policy import Policy, RouteDecision, decide_auto, requested_path, round_signal
+from service.background import BackgroundFloor
+from service.policy import (
+    AdapterMatch,
+    Policy,
+    RouteDecision,
+    decide_auto,
+    requested_path,
+    round_signal,
+)
+
+MIN_NAME_LENGTH = 4
 
 
 @dataclass
@@ -40,17 +53,47 @@ class Routed:
     steps: dict[str, float] = field(default_factory=dict)
 
 
-def best_match(vector, adapters: list[ServedAdapter]) -> tuple[ServedAdapter, float] | None:
-    """The adapter whose description/examples are nearest the query (cosine), and how near."""
+def best_match(
+    vector, adapters: list[ServedAdapter], named: frozenset[str] = frozenset()
+) -> tuple[ServedAdapter, float, bool] | None:
+    """The adapter whose description/examples are nearest the query (cosine), how near, and
+    whether the query names it; an adapter the query names (its name in `named`) comes first."""
     best = None
     q = np.asarray(vector, dtype=np.float32)
     for a in adapters:
         if not len(a.vectors):
             continue
         score = float((a.vectors @ q).max())
-        if best is None or score > best[1]:
-            best = (a, score)
+        key = (a.name in named, score)
+        if best is None or key > (best[2], best[1]):
+            best = (a, score, a.name in named)
     return best
+
+
+class AdapterNames:
+    """Which adapters a query names. An adapter's name counts when it holds a word of at least
+    MIN_NAME_LENGTH letters that the embedding model has no single token for (a made-up name,
+    "skerry" -> sk ##erry, not a word such as "orders"): such a word weighs little in the
+    query's embedding, though a user writing "Write this in Skerry" means the adapter."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._words: dict[str, tuple[str, ...]] = {}
+
+    def words(self, name: str) -> tuple[str, ...]:
+        found = self._words.get(name)
+        if found is None:
+            found = tuple(
+                w for w in re.split(r"[^a-z]+", name.lower())
+                if len(w) >= MIN_NAME_LENGTH and len(self.tokenizer.tokenize(w)) > 1
+            )
+            if len(self._words) < 10_000:
+                self._words[name] = found
+        return found
+
+    def named_in(self, query: str, adapters: list[ServedAdapter]) -> frozenset[str]:
+        words = set(re.findall(r"[a-z]+", query.lower()))
+        return frozenset(a.name for a in adapters if words.intersection(self.words(a.name)))
 
 
 @dataclass
@@ -63,6 +106,7 @@ class Signals:
     # what the first one was given, so that one needs neither the registry nor the embedder.
     hidden: list[tuple[str, int]] | None = None
     vector: object = None
+    floor: float | None = None  # the tenant's background floor, where its policy needs one
 
 
 @dataclass(frozen=True)
@@ -77,12 +121,17 @@ class ContextPlan:
     max_tokens: int = 0
 
 
-def context_plan(policy: Policy, adapter: ServedAdapter | None) -> ContextPlan:
+def context_plan(
+    policy: Policy, adapter: ServedAdapter | None, floor: float | None = None
+) -> ContextPlan:
     """The policy's context unless an adapter with a training record serves and the policy
-    lets its record decide (`adapter_context: "trained"`, the default)."""
+    lets its record decide (`adapter_context: "trained"`, the default). `floor`: the tenant's
+    background floor, for a policy that leaves `min_score` unset."""
     trained = adapter.trained if adapter is not None else None
     if trained is None or policy.adapter_context == "policy":
-        return ContextPlan("policy", policy.top_k, policy.min_score, policy.context_max_tokens)
+        min_score = policy.min_score if policy.min_score is not None else floor
+        return ContextPlan("policy", policy.top_k, min_score if min_score is not None else 0.0,
+                           policy.context_max_tokens)
     if trained.context is None:
         return ContextPlan("none")
     c = trained.context
@@ -100,6 +149,8 @@ class PathRouter:
         self.metrics = metrics
         self.count_tokens = retriever.embedder.count_tokens
         self.registry = retriever.documents.registry
+        self.background = BackgroundFloor(retriever)
+        self.names = AdapterNames(retriever.embedder.tokenizer)
 
     async def route(
         self, tenant_id: str, policy: Policy, query: str, forced: str | None,
@@ -139,7 +190,8 @@ class PathRouter:
 
         adapter = named
         if wanted == "auto":
-            decision = decide_auto(policy, top, (match[0].label, match[1]) if match else None)
+            found = AdapterMatch(match[0].label, match[1], match[2]) if match else None
+            decision = decide_auto(policy, top, found, sig.floor)
             if decision.path == "adapter_rag":
                 adapter = match[0]
         else:
@@ -155,7 +207,7 @@ class PathRouter:
             return _degraded(decision, adapter, down)
         if decision.path == "prompt":
             return Routed(decision)
-        plan = context_plan(policy, adapter if decision.path == "adapter_rag" else None)
+        plan = context_plan(policy, adapter if decision.path == "adapter_rag" else None, sig.floor)
         if plan.top_k > policy.top_k and len(retrieval.hits) >= policy.top_k:
             # Trained with more chunks than the policy retrieves: search again, wider. (Never
             # for prompt and rag, which keep exactly the policy's retrieval.)
@@ -208,12 +260,21 @@ class PathRouter:
             started = time.perf_counter()
             vector = self.retriever.embedder.query(query)
             steps["embed"] = time.perf_counter() - started
-        match = best_match(vector, candidates) if vector is not None else None
+        match = (best_match(vector, candidates, self.names.named_in(query, candidates))
+                 if vector is not None else None)
         try:
             retrieval = self.retriever.retrieve(tenant_id, query, top_k, hidden, vector, steps)
+            floor = None
+            if policy.min_score is None and hidden is not None:
+                started = time.perf_counter()
+                floor = self.background.floor(tenant_id, hidden)
+                steps["floor"] = time.perf_counter() - started
         except RetrievalUnavailable as exc:
             return Signals(candidates, match, None, exc)
-        return Signals(candidates, match, retrieval, None, hidden, vector)
+        except Exception as exc:  # noqa: BLE001 - the background search failing is the store's
+            return Signals(candidates, match, None,
+                           RetrievalUnavailable(f"the knowledge base is unavailable: {exc}"))
+        return Signals(candidates, match, retrieval, None, hidden, vector, floor)
 
     def _with_context(self, decision, adapter, plan: ContextPlan, retrieval) -> Routed:
         decision.signals["context_from"] = plan.source

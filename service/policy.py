@@ -23,8 +23,11 @@ class Policy(BaseModel):
     )
     system_prompt: str | None = Field(None, max_length=8000)
     top_k: int = Field(3, ge=1, le=20, description="Chunks retrieved per query.")
-    min_score: float = Field(
-        0.35, ge=-1, le=1, description="Cosine floor: chunks below it are not given to the model."
+    min_score: float | None = Field(
+        None, ge=-1, le=1,
+        description="Cosine floor: chunks below it are not given to the model, and auto takes "
+        "rag only when the best chunk clears it. Unset: the tenant's background floor, measured "
+        "on its own knowledge base (service/background.py); `ragtune policy calibrate` sets it.",
     )
     context_max_tokens: int = Field(
         600, ge=32, le=8000,
@@ -96,18 +99,43 @@ def requested_path(policy: Policy, forced: Path | None) -> Path | Literal["auto"
     return policy.mode
 
 
+@dataclass(frozen=True)
+class AdapterMatch:
+    """The best adapter for a query: its label, the query's similarity to its description and
+    examples, and whether the query names it (its made-up name, e.g. "Skerry", in so many words:
+    a word the embedding model has no token for weighs little in the similarity)."""
+
+    label: str
+    score: float
+    named: bool = False
+
+
 def decide_auto(
-    policy: Policy, top_score: float | None, adapter_match: tuple[str, float] | None
+    policy: Policy, top_score: float | None, adapter_match: AdapterMatch | None,
+    floor: float | None = None,
 ) -> RouteDecision:
-    """The automatic rule: an adapter whose declared purpose matches the query takes it (with
-    retrieval for the facts); else the knowledge base answers when its best chunk clears the
-    tenant's floor; else the base model answers alone. `adapter_match`: (label, similarity)
-    of the best-matching adapter, None when the tenant has none."""
-    signals: dict = {"top_score": round_signal(top_score)}
+    """The automatic rule: an adapter whose declared purpose matches the query, or that the
+    query names, takes it (with retrieval for the facts); else the knowledge base answers when
+    its best chunk clears the floor; else the base model answers alone. `floor`: the tenant's
+    `min_score`, or where that is unset its background floor (the caller measures it)."""
+    floor = policy.min_score if policy.min_score is not None else floor
+    floor = 0.35 if floor is None else floor
+    floor_from = "policy" if policy.min_score is not None else "background"
+    signals: dict = {"top_score": round_signal(top_score), "floor": round_signal(floor),
+                     "floor_from": floor_from}
     if adapter_match is not None:
-        signals["adapter_match"] = round_signal(adapter_match[1])
-    if adapter_match is not None and adapter_match[1] >= policy.adapter_match_min:
-        label, score = adapter_match
+        signals["adapter_match"] = round_signal(adapter_match.score)
+        signals["adapter_named"] = adapter_match.named
+    if adapter_match is not None and adapter_match.named:
+        return RouteDecision(
+            "adapter_rag",
+            f"auto: the query names adapter {adapter_match.label}",
+            adapter=adapter_match.label,
+            signals=signals,
+            kind="auto_adapter",
+        )
+    if adapter_match is not None and adapter_match.score >= policy.adapter_match_min:
+        label, score = adapter_match.label, adapter_match.score
         return RouteDecision(
             "adapter_rag",
             f"auto: the query matches adapter {label}'s purpose at {score:.2f} "
@@ -117,28 +145,30 @@ def decide_auto(
             kind="auto_adapter",
         )
     adapter_note = (
-        f"no adapter matches (best {adapter_match[1]:.2f} < {policy.adapter_match_min:.2f}); "
+        f"no adapter matches (best {adapter_match.score:.2f} < "
+        f"{policy.adapter_match_min:.2f}); "
         if adapter_match is not None
         else ""
     )
+    whose = "the tenant's floor" if floor_from == "policy" else "the tenant's background floor"
     if top_score is None:
         return RouteDecision(
             "prompt", f"auto: {adapter_note}the tenant's knowledge base has nothing indexed",
             signals=signals,
             kind="auto_empty",
         )
-    if top_score >= policy.min_score:
+    if top_score >= floor:
         return RouteDecision(
             "rag",
             f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
-            f"≥ the tenant's floor {policy.min_score:.2f}",
+            f"≥ {whose} {floor:.2f}",
             signals=signals,
             kind="auto_knowledge",
         )
     return RouteDecision(
         "prompt",
         f"auto: {adapter_note}the best knowledge-base match scores {top_score:.2f} "
-        f"< the tenant's floor {policy.min_score:.2f}, so no retrieved context is relevant",
+        f"< {whose} {floor:.2f}, so no retrieved context is relevant",
         signals=signals,
         kind="auto_no_match",
     )

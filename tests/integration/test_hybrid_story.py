@@ -21,6 +21,7 @@ import os
 import random
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -250,3 +251,93 @@ def test_an_evaluation_measures_each_path_and_recommends_the_simplest_good_one(
         assert {a["arm"]: a["passed"] for a in ev["arms"]}["prompt"] >= 2, ev["arms"]
         assert ev["comparisons"][0]["verdict"] == "no_difference", ev
         assert ev["recommendation"]["arm"] == "prompt", ev["recommendation"]
+
+
+# Gated releases (issue 14): a version trained on shuffled answers (each order's answer is
+# another order's) writes the language but not the order asked for; its gate, on the tenant's
+# own set, keeps it rejected while version 1 serves every request; the good adapter passes.
+GATE_ALLOWANCE = 0.1  # a same-weights version may differ by an item (batching is not bitwise)
+SHUFFLED_ARGS = ["--rank", "8", "--max-steps", "30", "--batch-size", "4", "--max-len", "320",
+                 "--lr", "2e-3", "--held-out", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def shuffled_adapter(server, base_model_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shuffled")
+    data, _ = training_set(root)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    answers = [r["messages"][1]["content"] for r in rows]
+    answers = answers[1:] + answers[:1]  # every answer moved to another row
+    for row, wrong in zip(rows, answers, strict=True):
+        row["messages"][1]["content"] = wrong
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = root / "adapter"
+    # Without retrieved context (half the training time): it writes the language from memory.
+    done = subprocess.run(
+        [*ragtune_command(), "adapters", "train", "--data", str(data), "--out", str(out),
+         *SHUFFLED_ARGS],
+        env=_env(server, base_model_dir), capture_output=True, text=True, timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def register_gated(server, base_model_dir, key: str, folder: Path, set_id: str):
+    return subprocess.run(
+        [*ragtune_command(), "adapters", "register", str(folder), "--name", "orders",
+         "--description", "reserve orders", "--examples", "[]", "--key", key,
+         "--gate-set", set_id, "--gate-min-delta", str(GATE_ALLOWANCE)],
+        env=_env(server, base_model_dir), capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.timeout(1800)  # two adapters trained in its fixtures, when it runs alone
+def test_a_gate_rejects_a_version_trained_on_shuffled_answers(server, base_model_dir,
+                                                               raft_adapter, shuffled_adapter):
+    key = server.new_tenant("gate-story")
+    headers = {"Authorization": f"Bearer {key}"}
+    register(server, base_model_dir, key, raft_adapter)
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        assert upload_cards(http, headers, EVAL_PRODUCTS)["state"] == "succeeded"
+        items = [{"query": f"Reserve {i % 7 + 2} of the {name} for store {i + 3}.",
+                  "checks": {"grammar": True, "contains": [f"x{i % 7 + 2} @S{i + 3};"]}}
+                 for i, (name, _) in enumerate(EVAL_PRODUCTS)]
+        s = http.post("/v1/eval-sets", headers=headers,
+                      json={"name": "orders", "items": items, "grammar": ORDER_GRAMMAR})
+        assert s.status_code == 201, s.text
+        set_id = s.json()["id"]
+
+        stop, served = threading.Event(), []
+
+        def traffic() -> None:  # an application's requests while the gate runs
+            with httpx.Client(base_url=server.url, timeout=300) as app:
+                while not stop.is_set():
+                    r = app.post("/v1/chat/completions", headers=headers, json={
+                        "model": "orders", "messages": [{"role": "user", "content": QUESTION}],
+                        "temperature": 0, "max_tokens": 8})
+                    served.append((r.status_code, r.json().get("route", {}).get("adapter")))
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            done = register_gated(server, base_model_dir, key, shuffled_adapter, set_id)
+        finally:
+            stop.set()
+            thread.join(300)
+        assert done.returncode != 0 and "gate_failed" in done.stderr, done.stdout + done.stderr
+        assert served and set(served) == {(200, "orders@1")}, served
+
+        detail = http.get("/v1/adapters/orders", headers=headers).json()
+        assert detail["version"] == 1
+        (v2,) = [v for v in detail["versions"] if v["version"] == 2]
+        gate = v2["gate"]
+        assert v2["status"] == "rejected" and gate["passed"] is False, v2
+        assert gate["baseline_pass_rate"] >= 0.6, gate  # the good version does the task
+        assert gate["delta"] < -GATE_ALLOWANCE, gate
+
+        # the good adapter again, as version 3: as good as version 1, so traffic moves to it
+        done = register_gated(server, base_model_dir, key, raft_adapter, set_id)
+        assert done.returncode == 0, done.stdout + done.stderr
+        body = json.loads(done.stdout)
+        assert body["version"] == 3 and body["gate"]["passed"] is True, body
+        assert ask(http, headers)["route"]["adapter"] == "orders@3"
