@@ -1,9 +1,11 @@
 """The automatic policy: decision accuracy on the labeled query sets, and what deciding costs.
 
-Starts `ragtune serve` (real vLLM) in a temp dir and sets up the three example tenants: Halvard
-(the Skerry manual uploaded, a rank-16 adapter registered with the training instructions as its
-examples), Zephyr (its four policy pages) and a plain tenant. Then:
+Starts `ragtune serve` (real vLLM) in a temp dir and sets up the four example tenants as a new
+user would: Halvard (the Skerry manual uploaded, a rank-16 adapter registered with a description
+and ten training instructions as its examples), Brisling (the same for its routing language),
+Zephyr (its four policy pages) and a plain tenant. Then:
 
+0. accuracy of the defaults, nothing calibrated (goal >= 90%): `auto`'s path on every labeled row;
 1. accuracy: `ragtune policy calibrate` on the even rows of each labeled set (applied), then
    `auto`'s path on the odd rows (held out), and on all rows;
 2. cost: the same chat requests (`max_tokens` 1) to each tenant in mode `prompt` and in mode
@@ -37,9 +39,18 @@ from bench._common import percentile, served_ragtune  # noqa: E402
 EX = REPO / "examples"
 SETS = {
     "halvard": EX / "dsl" / "labeled_queries.jsonl",
+    "brisling": EX / "brisling" / "labeled_queries.jsonl",
     "zephyr": EX / "policy_docs" / "labeled_queries.jsonl",
     "plain": EX / "plain" / "labeled_queries.jsonl",
 }
+# (tenant, adapter name, manual, training rows, description): the DSL tenants' adapters
+ADAPTERS = [
+    ("halvard", "skerry", EX / "dsl" / "manual", EX / "dsl" / "data" / "train.jsonl",
+     "Writes Skerry programs for Halvard's warehouse control system"),
+    ("brisling", "brisling", EX / "brisling" / "manual", EX / "brisling" / "data" / "train.jsonl",
+     "Writes Brisling routing rules for Tollhaven Parcel"),
+]
+EXAMPLE_PROMPTS = 10
 
 
 def rows(path: Path) -> list[dict]:
@@ -67,21 +78,43 @@ def setup(c: httpx.Client, admin: str, tmp: Path, model_dir: Path) -> dict[str, 
                    json={"id": t, "policy": {}})
         r.raise_for_status()
         keys[t] = r.json()["api_key"]
-    upload(c, keys["halvard"], EX / "dsl" / "manual")
     upload(c, keys["zephyr"], EX / "policy_docs" / "docs")
-    lora = make_random_lora(tmp / "skerry", model_dir, seed=0, rank=16, scale=0.3)
-    train = (EX / "dsl" / "data" / "train.jsonl").read_text().splitlines()[:20]
-    examples = [json.loads(line)["messages"][0]["content"] for line in train]
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("ragtune")), "adapters", "register", str(lora),
-         "--name", "skerry", "--examples", json.dumps(examples), "--description",
-         "Writes Skerry programs for Halvard's warehouse control system",
-         "--key", keys["halvard"], "--url", str(c.base_url)],
-        capture_output=True, text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(done.stderr)
+    for i, (tenant, name, manual, train, description) in enumerate(ADAPTERS):
+        upload(c, keys[tenant], manual)
+        lora = make_random_lora(tmp / name, model_dir, seed=i, rank=16, scale=0.3)
+        lines = train.read_text().splitlines()[:EXAMPLE_PROMPTS]
+        examples = [json.loads(line)["messages"][0]["content"] for line in lines]
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("ragtune")), "adapters", "register", str(lora),
+             "--name", name, "--examples", json.dumps(examples), "--description", description,
+             "--key", keys[tenant], "--url", str(c.base_url)],
+            capture_output=True, text=True,
+        )
+        if done.returncode:
+            raise RuntimeError(done.stderr)
     return keys
+
+
+def defaults(c: httpx.Client, keys: dict[str, str]) -> float:
+    print("\n0. decision accuracy of the defaults (nothing calibrated; goal >= 90%)")
+    total = hits_all = 0
+    for t, path in SETS.items():
+        labeled = rows(path)
+        ex = c.post("/v1/policy/explain", headers={"Authorization": f"Bearer {keys[t]}"},
+                    json={"queries": [r["query"] for r in labeled]}).json()["data"]
+        ok = [e["route"]["path"] == r["path"] for e, r in zip(ex, labeled, strict=True)]
+        floors = {e["route"]["signals"].get("floor") for e in ex} - {None}
+        print(f"   {t:<8} {sum(ok):>3}/{len(ok):<3} = {sum(ok) / len(ok):6.1%}  "
+              f"floor {', '.join(f'{f:.3f}' for f in sorted(floors)) or '-'}")
+        for e, r, good in zip(ex, labeled, ok, strict=True):
+            if not good:
+                s = e["route"]["signals"]
+                print(f"      {r['path']:>11} -> {e['route']['path']:<11} top "
+                      f"{s.get('top_score')} match {s.get('adapter_match')}  {r['query'][:70]}")
+        total += len(ok)
+        hits_all += sum(ok)
+    print(f"   all tenants: {hits_all}/{total} = {hits_all / total:.1%}")
+    return hits_all / total
 
 
 def accuracy(c: httpx.Client, admin: str, keys: dict[str, str], tmp: Path) -> None:
@@ -220,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         with served_ragtune(tmp, args.model_dir) as proc, \
                 httpx.Client(base_url=proc.url, timeout=300) as c:
             keys = setup(c, proc.admin_key, tmp, args.model_dir)
+            defaults(c, keys)
             accuracy(c, proc.admin_key, keys, tmp)
             ok = latency(c, proc.admin_key, keys, args.rounds, args.gap_ms / 1e3)
         return 2 if args.check and not ok else 0
