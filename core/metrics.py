@@ -107,6 +107,10 @@ class Metrics:
                      1),
             registry=r,
         )
+        self.rate_limited = Counter(
+            "ragtune_rate_limited", "Requests refused by a tenant's limit (429), by limit",
+            ["limit"], registry=r,
+        )
         self.evaluation_items = Counter(
             "ragtune_evaluation_items", "Evaluation items answered, by arm kind and outcome",
             ["arm", "outcome"], registry=r,
@@ -117,6 +121,10 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
             registry=r,
         )
+
+    def count_rate_limited(self, limit: str) -> None:
+        # limit: requests_per_minute | tokens_per_day
+        self.rate_limited.labels(limit).inc()
 
     def count_evaluation_item(self, arm_kind: str, passed: bool) -> None:
         # arm_kind: prompt | rag | adapter_rag | auto (never the adapter's name: bounded labels)

@@ -18,6 +18,7 @@ from core.errors import (
     InvalidRequest,
     ModelNotLoaded,
     NotFound,
+    RateLimited,
     UpstreamError,
     error_body,
 )
@@ -143,7 +144,11 @@ class ChatService:
         max_tokens = self._check_limits(req)
         policy = tenant.policy
         if self.limiter is not None and (policy.requests_per_minute or policy.tokens_per_day):
-            await asyncio.to_thread(self.limiter.admit, tenant.id, policy)
+            try:
+                await asyncio.to_thread(self.limiter.admit, tenant.id, policy)
+            except RateLimited as exc:
+                self.metrics.count_rate_limited(getattr(exc, "limit", "other"))
+                raise
         named = pinned or await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
             tenant.id, policy, _last_user_text(req.messages), req.route, named

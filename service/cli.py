@@ -16,10 +16,12 @@ def _register_adapters() -> None:
     from adapters.cli import adapters_app
     from service.eval_cli import eval_app
     from service.policy_cli import advise, policy_app
+    from service.tenants_cli import tenants_app
 
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(policy_app, name="policy")
     app.add_typer(eval_app, name="eval")
+    app.add_typer(tenants_app, name="tenants")
     app.command("advise")(advise)
 
 

@@ -70,13 +70,13 @@ class RateLimiter:
             used, left = self._used(tenant_id, "tokens")
             if used >= policy.tokens_per_day:
                 raise _limited(f"the tenant's {policy.tokens_per_day} tokens per day are used up",
-                               left)
+                               left, "tokens_per_day")
         if policy.requests_per_minute is not None:
             used, left = self._add(tenant_id, "requests", 1)
             if used > policy.requests_per_minute:
                 raise _limited(
                     f"more than {policy.requests_per_minute} requests per minute for this tenant",
-                    left,
+                    left, "requests_per_minute",
                 )
 
     def spend_tokens(self, tenant_id: str, policy: Policy, n: int) -> None:
@@ -84,8 +84,10 @@ class RateLimiter:
             self._add(tenant_id, "tokens", n)
 
 
-def _limited(message: str, seconds_left: float) -> RateLimited:
-    return RateLimited(
+def _limited(message: str, seconds_left: float, limit: str) -> RateLimited:
+    exc = RateLimited(
         f"rate limit reached: {message}; retry in {math.ceil(seconds_left)} s",
         headers={"Retry-After": str(max(1, math.ceil(seconds_left)))},
     )
+    exc.limit = limit  # which of the policy's limits (the metric's label)
+    return exc

@@ -92,6 +92,16 @@ class TenantService:
             raise exists from exc
         return TenantView(tenant_id, policy), key
 
+    def list(self) -> list[dict]:
+        """Every tenant, oldest first, with when it was made (never its keys)."""
+        with self.registry.session() as s:
+            rows = s.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)).all()
+            return [
+                {**TenantView(r.id, Policy.model_validate(r.policy)).as_dict(),
+                 "created_at": r.created_at.isoformat()}
+                for r in rows
+            ]
+
     def get(self, tenant_id: str) -> TenantView:
         with self.registry.session() as s:
             row = s.get(Tenant, tenant_id)

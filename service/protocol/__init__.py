@@ -87,6 +87,8 @@ from service.protocol.tenants import (  # noqa: F401
     TenantCreate,
     TenantCreated,
     TenantInfo,
+    TenantList,
+    TenantListed,
     TenantPatch,
 )
 

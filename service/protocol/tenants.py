@@ -35,3 +35,14 @@ class TenantCreated(TenantInfo):
 class KeyRotated(ResponseBody):
     id: str
     api_key: str = Field(description="Shown once: the service stores only its digest.")
+
+
+class TenantListed(TenantInfo):
+    created_at: str = Field(description="ISO 8601.")
+
+
+class TenantList(ResponseBody):
+    """GET /v1/tenants (admin): every tenant, oldest first."""
+
+    object: str = "list"
+    data: list[TenantListed]

@@ -11,6 +11,7 @@ from service.protocol import (
     TenantCreate,
     TenantCreated,
     TenantInfo,
+    TenantList,
     TenantPatch,
 )
 from service.routes import JSONRoute
@@ -30,6 +31,11 @@ async def whoami(tenant: CurrentTenant) -> dict:
 async def create_tenant(body: TenantCreate, state: AppState, _: Admin) -> dict:
     tenant, key = await asyncio.to_thread(state.tenants.create, body.id, body.policy)
     return {**tenant.as_dict(), "api_key": key}
+
+
+@router.get("", response_model=TenantList)
+async def list_tenants(state: AppState, _: Admin) -> dict:
+    return {"object": "list", "data": await asyncio.to_thread(state.tenants.list)}
 
 
 @router.get("/{tenant_id}", response_model=TenantInfo)

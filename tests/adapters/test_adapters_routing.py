@@ -29,20 +29,21 @@ def test_auto_takes_the_adapter_whose_examples_match(client, tmp_path):
 
 
 def test_a_name_registered_again_after_delete_matches_its_new_examples(client, tmp_path):
-    """The router caches a version's example vectors; `warelang@1` registered again after a
-    delete is another version with other examples, and auto must match those."""
+    """The router caches a version's example vectors; `rules@1` registered again after a
+    delete is another version with other examples, and auto must match those. (Named `rules`,
+    a word the embedder knows: a made-up name in the query would take the adapter by name.)"""
     _, headers = new_tenant(client, {"adapter_match_min": 0.6})
     query = "Write a WARELANG rule moving pallets from heron to kite"
-    r = register(client, headers, archive(tmp_path), examples=json.dumps(
+    r = register(client, headers, archive(tmp_path), name="rules", examples=json.dumps(
         ["Write a WARELANG rule that moves pallets from zone heron to zone kite"]))
     assert r.status_code == 201
     assert chat(client, headers, query).json()["route"]["path"] == "adapter_rag"
-    assert client.delete("/v1/adapters/warelang", headers=headers).status_code == 204
+    assert client.delete("/v1/adapters/rules", headers=headers).status_code == 204
     deadline = time.monotonic() + 5
     while client.get("/v1/adapters", headers=headers).json()["data"] and \
             time.monotonic() < deadline:
         time.sleep(0.05)
-    r = register(client, headers, archive(tmp_path, name="again.tgz"),
+    r = register(client, headers, archive(tmp_path, name="again.tgz"), name="rules",
                  description="Bakes sourdough bread",
                  examples=json.dumps(["How long should sourdough proof overnight?"]))
     assert r.status_code == 201 and r.json()["version"] == 1
@@ -50,7 +51,7 @@ def test_a_name_registered_again_after_delete_matches_its_new_examples(client, t
     assert again["path"] == "prompt", again
     assert again["signals"]["adapter_match"] < 0.6
     bread = chat(client, headers, "How long do I proof sourdough overnight?").json()["route"]
-    assert bread["path"] == "adapter_rag" and bread["adapter"] == "warelang@1", bread
+    assert bread["path"] == "adapter_rag" and bread["adapter"] == "rules@1", bread
 
 
 def test_policy_mode_adapter_rag_uses_the_policys_adapter(client, tmp_path):
@@ -61,3 +62,19 @@ def test_policy_mode_adapter_rag_uses_the_policys_adapter(client, tmp_path):
     out = chat(client, headers).json()
     assert out["route"]["path"] == "adapter_rag" and out["route"]["adapter"] == "second@1"
     assert "policy's adapter" in out["route"]["reason"]
+
+
+def test_a_query_naming_the_adapter_takes_it_whatever_its_examples(client, tmp_path):
+    """"warelang" is no word of the embedder's vocabulary: named in a query it means the
+    adapter, though the examples (about bread here) are far from the query."""
+    _, headers = new_tenant(client)
+    r = register(client, headers, archive(tmp_path), description="Bakes sourdough bread",
+                 examples=json.dumps(["How long should sourdough proof overnight?"]))
+    assert r.status_code == 201
+    named = chat(client, headers, "Translate into Warelang: count zone heron daily").json()
+    route = named["route"]
+    assert (route["path"], route["adapter"]) == ("adapter_rag", "warelang@1"), route
+    assert route["signals"]["adapter_named"] is True and route["signals"]["adapter_match"] < 0.5
+    assert "names adapter warelang@1" in route["reason"]
+    other = chat(client, headers, "Translate into French: count the sheep daily").json()["route"]
+    assert other["path"] == "prompt" and other["signals"]["adapter_named"] is False, other

@@ -40,7 +40,8 @@ def test_yamllint_hand_written_files():
 
     config = YamlLintConfig(file=str(YAMLLINT_CONFIG))
     files = [COMPOSE, COMPOSE_CPU, PROMETHEUS, YAMLLINT_CONFIG, CHART / "Chart.yaml",
-             CHART / "values.yaml", CHART / "values-gpu.yaml"]
+             CHART / "values.yaml", CHART / "values-gpu.yaml",
+             *sorted((PROMETHEUS.parent / "grafana" / "provisioning").rglob("*.yml"))]
     problems = [p for f in files for p in _lint(f.read_text(), config, f.name)]
     assert problems == []
     assert _lint("a:  1\nb: [1,2]\n", config, "bad"), "yamllint must flag bad spacing"
