@@ -115,7 +115,21 @@ class AdapterService:
                                        training=staged.training, gate=gate)
 
     def get(self, tenant_id: str, name: str) -> dict:
-        return self.catalog.get(tenant_id, name)
+        """The adapter's view, each version with `replicas`: the indexes of the engine replicas
+        holding it, as this API process last saw them (its loads, unloads and reconciles)."""
+        view = self.catalog.get(tenant_id, name)
+        held = self.held()
+        for v in view["versions"]:
+            v["replicas"] = held.get(engine_name(tenant_id, name, v["version"]), [])
+        return view
+
+    def held(self) -> dict[str, list[int]]:
+        """Engine name -> the indexes of the replicas holding it (this process's view)."""
+        out: dict[str, list[int]] = {}
+        for i, replica in enumerate(self.engines.pool.replicas):
+            for ename in list(self.engines.resident.get(replica, ())):
+                out.setdefault(ename, []).append(i)
+        return out
 
     def list(self, tenant_id: str) -> dict:
         return self.catalog.list(tenant_id)

@@ -33,7 +33,17 @@ from service.evaluations.store import EvaluationStore
 from service.http_errors import install_error_handlers
 from service.limits import RateLimiter
 from service.path_router import PathRouter
-from service.routes import adapters, advisor, chat, documents, evaluations, health, tenants
+from service.routes import (
+    adapters,
+    admin,
+    advisor,
+    chat,
+    console,
+    documents,
+    evaluations,
+    health,
+    tenants,
+)
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
 
@@ -175,6 +185,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(advisor.router)
     app.include_router(evaluations.router)
+    app.include_router(admin.router)
+    console.mount(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -79,6 +79,11 @@ class RateLimiter:
                     left, "requests_per_minute",
                 )
 
+    def usage(self, tenant_id: str) -> dict:
+        """What the tenant used in the current windows: requests this minute, tokens today."""
+        return {"requests_this_minute": self._used(tenant_id, "requests")[0],
+                "tokens_today": self._used(tenant_id, "tokens")[0]}
+
     def spend_tokens(self, tenant_id: str, policy: Policy, n: int) -> None:
         if policy.tokens_per_day is not None and n > 0:
             self._add(tenant_id, "tokens", n)

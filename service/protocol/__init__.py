@@ -24,6 +24,8 @@ from service.protocol.advisor import (  # noqa: F401
     Advice,
     AdviceEvaluation,
     AdviceRequest,
+    CalibrateRequest,
+    Calibration,
     DataFinding,
     ExplainRequest,
     Familiarity,
@@ -82,6 +84,7 @@ from service.protocol.operations import (  # noqa: F401
     ReadinessChecks,
 )
 from service.protocol.tenants import (  # noqa: F401
+    AdminStatus,
     KeyRotate,
     KeyRotated,
     TenantCreate,

@@ -129,6 +129,11 @@ class AdapterVersionInfo(ResponseBody):
     created_at: str = Field(description="ISO 8601.")
     retired_at: str | None = Field(description="When traffic left it; null if it never did.")
     gate: GateRecord | None = Field(None, description="Its gate; null: registered without one.")
+    replicas: list[int] = Field(
+        default_factory=list,
+        description="Indexes of the engine replicas holding it (as the answering API replica "
+        "last saw them).",
+    )
 
 
 class AdapterSummary(ResponseBody):

@@ -25,6 +25,28 @@ class ExplainRequest(BaseModel):
     queries: list[str] = Field(min_length=1, max_length=500)
 
 
+class LabeledQuery(BaseModel):
+    query: str = Field(min_length=1, max_length=8000)
+    path: Literal["prompt", "rag", "adapter_rag"]
+
+
+class CalibrateRequest(BaseModel):
+    rows: list[LabeledQuery] = Field(min_length=1, max_length=500)
+
+
+class Calibration(ResponseBody):
+    """`ragtune policy calibrate`'s report: the accuracy of the tenant's thresholds on labeled
+    queries, and the thresholds that would do best (apply them with PATCH /v1/tenants/{id})."""
+
+    n: int
+    current: dict
+    current_accuracy: float
+    suggested: dict
+    suggested_accuracy: float
+    confusion: dict
+    mistakes: list[dict]
+
+
 class KnowledgeBaseSize(ResponseBody):
     documents: int = Field(description="The tenant's documents with a current version.")
 

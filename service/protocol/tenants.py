@@ -46,3 +46,27 @@ class TenantList(ResponseBody):
 
     object: str = "list"
     data: list[TenantListed]
+
+
+class ReplicaStatus(ResponseBody):
+    index: int
+    url: str
+    healthy: bool
+    inflight: int
+    adapters: list[str] = Field(description="Engine names of ragtune's adapters it holds.")
+
+
+class TenantUsage(ResponseBody):
+    id: str
+    mode: str
+    limits: dict
+    usage: dict | None = Field(description="requests_this_minute, tokens_today.")
+
+
+class AdminStatus(ResponseBody):
+    """GET /v1/admin/status (admin): what an operator watches."""
+
+    status: str = Field(description="As /readyz: ready | not ready.")
+    checks: dict
+    replicas: list[ReplicaStatus]
+    tenants: list[TenantUsage]
