@@ -7,7 +7,8 @@ version is a new name and traffic switches by name.
 
 A replica holds at most `max_resident` of ragtune's adapters; one more is loaded on demand and the
 least recently used that has no request in flight goes first. Adapters whose name does not look
-like ragtune's are somebody else's (an operator's, a test's) and are left alone.
+like ragtune's, or that the engine loaded from outside this deployment's adapter root (another
+deployment sharing the engine), are somebody else's and are left alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections import Counter, OrderedDict
@@ -42,8 +44,12 @@ class EngineAdapters:
         max_resident: int,
         load_timeout_s: float = 120.0,
         metrics=None,
+        root: str | os.PathLike | None = None,
     ) -> None:
         self.pool = pool
+        # This deployment's adapter root: an adapter the engine loaded from elsewhere is another
+        # deployment's sharing the engine (or an operator's), and reconcile leaves it alone.
+        self.root = os.path.realpath(root) if root is not None else None
         self.max_resident = max(1, max_resident)
         self.load_timeout_s = load_timeout_s
         self.metrics = metrics
@@ -53,6 +59,12 @@ class EngineAdapters:
         }
         self.inflight: Counter[str] = Counter()
         self._locks: dict[Replica, asyncio.Lock] = {r: asyncio.Lock() for r in pool.replicas}
+
+    def _ours(self, path: str) -> bool:
+        if self.root is None:
+            return True
+        real = os.path.realpath(path) if path else ""
+        return real == self.root or real.startswith(self.root + os.sep)
 
     # ---- one replica ---------------------------------------------------------------------
     async def held_by(self, replica: Replica) -> dict[str, str]:
@@ -193,7 +205,7 @@ class EngineAdapters:
         wanted = dict(desired)
         async with self._locks[replica]:
             held = await self.held_by(replica)
-            mine = {n: p for n, p in held.items() if MANAGED_NAME.match(n)}
+            mine = {n: p for n, p in held.items() if MANAGED_NAME.match(n) and self._ours(p)}
             resident = self.resident[replica]
             for name in list(resident):
                 if name not in mine:

@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
             max_resident=settings.adapters.max_resident,
             load_timeout_s=settings.adapters.load_timeout_s,
             metrics=metrics,
+            root=settings.resolved_adapters_root,
         )
         adapter_service = AdapterService(registry, engines, settings, embed_texts=embedder.texts)
         router = PathRouter(Retriever(store, embedder, docs), adapter_service, metrics)

@@ -66,10 +66,11 @@ class RouteInfo(ResponseBody):
     )
     adapter: str | None = Field(description="name@version of the adapter that serves, if any")
     # int before float: a count (`chunks`) stays an integer on its way through the model.
-    signals: dict[str, int | float | str | None] = Field(
-        description="What decided the path and what the model was given: top_score, "
-        "adapter_match, chunks; where context was given, context_from (adapter | policy | "
-        "none) and, unless none, the top_k, min_score and context_max_tokens used."
+    signals: dict[str, bool | int | float | str | None] = Field(
+        description="What decided the path and what the model was given: top_score, floor, "
+        "floor_from (policy | background), adapter_match, adapter_named, chunks; where context "
+        "was given, context_from (adapter | policy | none) and, unless none, the top_k, "
+        "min_score and context_max_tokens used."
     )
 
 

@@ -27,13 +27,19 @@ def test_restarted_replica_gets_its_adapters_back(client, engines, tmp_path):
 
 
 def test_foreign_adapters_on_a_replica_are_left_alone(client, engines, tmp_path):
+    root = client.app.state.ragtune.settings.resolved_adapters_root
     engines[0].loras["operators-own"] = str(tmp_path)
-    engines[0].loras["gone--stale--v9"] = str(tmp_path)  # ragtune's name, not in the registry
+    # ragtune's name and root, not in the registry: a leftover of this deployment
+    engines[0].loras["gone--stale--v9"] = str(root / "gone" / "stale" / "v9")
+    # ragtune's name, another root: another deployment sharing the engine
+    other = tmp_path.parent / f"{tmp_path.name}-other" / "adapters"
+    engines[0].loras["theirs--sql--v1"] = str(other / "theirs" / "sql" / "v1")
     deadline = time.monotonic() + 5
     while "gone--stale--v9" in engines[0].loras and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "gone--stale--v9" not in engines[0].loras
     assert "operators-own" in engines[0].loras
+    assert "theirs--sql--v1" in engines[0].loras
 
 
 def test_capacity_loads_on_demand_least_recently_used_first(tmp_path, engines):

@@ -118,6 +118,8 @@ ROWS = [
      {"json": {"model": "{adapter}", "route": "adapter_rag",
                "messages": [{"role": "user", "content": "hi"}]}}, 404, "model_not_found"),
     ("get tenant A", "GET", "/v1/tenants/{a}", {}, 403, "admin_key_required"),
+    ("list the tenants", "GET", "/v1/tenants", {}, 403, "admin_key_required"),
+    ("the operators' status", "GET", "/v1/admin/status", {}, 403, "admin_key_required"),
     ("patch tenant A", "PATCH", "/v1/tenants/{a}", {"json": {"policy": {"mode": "prompt"}}},
      403, "admin_key_required"),
     ("rotate A's keys", "POST", "/v1/tenants/{a}/keys", {}, 403, "admin_key_required"),
