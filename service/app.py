@@ -101,6 +101,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         adapter_service = AdapterService(registry, engines, settings, embed_texts=embedder.texts)
         router = PathRouter(Retriever(store, embedder, docs), adapter_service, metrics)
+        # The background floor's questions embedded now, not in the first routed request.
+        warm = threading.Thread(target=router.background.vectors, name="background-floor",
+                                daemon=True)
+        warm.start()
         eval_store = EvaluationStore(registry)
         state = State(
             settings=settings,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from ingest.retrieval import Retriever
@@ -30,6 +31,8 @@ MARGIN = 0.1
 LOWEST = 0.25
 HIGHEST = 0.6
 TTL_S = 30.0
+_VECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # embedder -> vectors
+_LOCK = threading.Lock()
 
 
 def background_queries() -> list[str]:
@@ -47,16 +50,20 @@ class BackgroundFloor:
         self.retriever = retriever
         self.ttl_s = ttl_s
         self._vectors: list | None = None
-        self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, tuple, float]] = {}  # tenant -> (at, hidden, floor)
 
     def vectors(self) -> list:
+        """The questions' embeddings, made once per embedder in the process (apps in one
+        process, as the tests make them, share the embedder and these)."""
         if self._vectors is None:
-            with self._lock:
-                if self._vectors is None:
+            embedder = self.retriever.embedder
+            with _LOCK:
+                found = _VECTORS.get(embedder)
+                if found is None:
                     # embedded as serving embeds a query, so the scores are comparable
-                    embed = self.retriever.embedder.query
-                    self._vectors = [embed(q) for q in background_queries()]
+                    found = [embedder.query(q) for q in background_queries()]
+                    _VECTORS[embedder] = found
+            self._vectors = found
         return self._vectors
 
     def floor(self, tenant_id: str, hidden: list[tuple[str, int]] | None) -> float:

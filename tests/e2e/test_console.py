@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("RAGTUNE_TEST_ARTIFACTS", ROOT / ".artifacts")) / "console"
 FACT = "The harbour office door code is QX-7731. The office opens at dawn."
 # Chromium logs every HTTP error response of a fetch as a console error; those are the API's
-# answers the page shows (a 422 for a bad upload, a 401 while telling a tenant key from an
+# answers the page shows (a 422 for a bad upload, a 403 while telling a tenant key from an
 # admin key), not faults of the page.
 NETWORK_LOG = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
 
@@ -136,7 +136,7 @@ def test_a_tenant_uploads_asks_and_registers_an_adapter(server, browser, base_mo
     result = page.locator("article.result")
     result.locator(".badge.rag").wait_for()
     result.locator(".citations summary").filter(has_text="harbour").first.wait_for()
-    page.wait_for_function("!document.querySelector('article.result[aria-busy]')")
+    page.locator("article.result[aria-busy]").wait_for(state="detached")  # no eval: CSP
     assert result.locator(".answer").inner_text().strip()
     assert "forced" in result.locator(".reason").inner_text() or "rag" in result.inner_text()
     result.locator(".citations summary").first.click()
@@ -162,7 +162,7 @@ def test_a_tenant_uploads_asks_and_registers_an_adapter(server, browser, base_mo
     result = page.locator("article.result")
     result.locator(".badge.adapter_rag").wait_for()
     assert "orders@1" in result.locator(".route").inner_text()
-    page.wait_for_function("!document.querySelector('article.result[aria-busy]')")
+    page.locator("article.result[aria-busy]").wait_for(state="detached")  # no eval: CSP
 
     for name, label in (("Evaluations", "evaluations"), ("Policy", "policy")):
         w.go(name)
@@ -187,6 +187,11 @@ def test_an_operator_creates_a_tenant_and_sees_its_key_once(server, browser):
     w.check("operators")
     w.go("Policies")
     w.check("policies")
+    # a policy the API refuses: its message at the field it names
+    page.get_by_label("top k").fill("99")
+    page.get_by_role("button", name="Save policy").click()
+    page.locator("#policy-top_k-error").filter(has_text="20").wait_for()
+    assert page.get_by_label("top k").get_attribute("aria-invalid") == "true"
     w.go("Operators")
     page.locator("tbody tr").filter(has_text="console-made").wait_for()
     assert page.locator(".key-once").count() == 0  # shown once, then never again

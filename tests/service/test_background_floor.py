@@ -45,8 +45,13 @@ class CountingStore:
         return Hits([], self.top)
 
 
+class Embedder:
+    def query(self, text: str) -> list[float]:
+        return [0.0]
+
+
 def background(store, ttl_s=60.0) -> BackgroundFloor:
-    retriever = SimpleNamespace(store=store, embedder=SimpleNamespace(query=lambda q: [0.0]))
+    retriever = SimpleNamespace(store=store, embedder=Embedder())
     return BackgroundFloor(retriever, ttl_s=ttl_s)
 
 

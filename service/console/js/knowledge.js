@@ -10,7 +10,7 @@ async function follow(jobId, line) {
     const done = job.documents.filter((d) => d.state === "current" || d.chunks !== null).length;
     line.replaceChildren(`Job ${job.job_id}: `, badge(job.state),
       ` ${done}/${job.documents.length} documents, ${job.chunks} chunks`,
-      job.error ? h("span", { class: "error-text" }, ` · ${job.error}`) : null);
+      ...(job.error ? [h("span", { class: "error-text" }, ` · ${job.error}`)] : []));
     if (job.state === "succeeded" || job.state === "failed") return job;
     await sleep(500);
   }

@@ -32,9 +32,10 @@ async function identify(key) {
     session.me = await api("/v1/me", { key });
     return "tenant";
   } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 401) throw err;
+    // the admin key is refused here as such (403 tenant_key_required); a wrong key is a 401
+    if (!(err instanceof ApiError) || err.code !== "tenant_key_required") throw err;
   }
-  await api("/v1/tenants", { key }); // an admin key lists tenants; anything else is refused
+  await api("/v1/tenants", { key });
   session.me = null;
   return "admin";
 }

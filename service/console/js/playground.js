@@ -24,7 +24,8 @@ function signalsTable(signals, policy) {
     const limit = thresholds[k];
     const vs = typeof v === "number" && typeof limit === "number"
       ? (v >= limit ? ` ≥ ${fmt(limit)}` : ` < ${fmt(limit)}`) : "";
-    return h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, `${typeof v === "number" ? fmt(v, 3) : String(v)}${vs}`));
+    const shown = typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v, 3)) : String(v);
+    return h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, `${shown}${vs}`));
   });
   return h("table", { class: "kv" }, h("caption", {}, "Signals"), h("tbody", {}, rows));
 }

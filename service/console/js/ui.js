@@ -18,7 +18,8 @@ export function h(tag, attrs = {}, ...children) {
 }
 
 export function table(columns, rows, caption) {
-  return h("div", { class: "table-wrap" },
+  // A region that scrolls sideways on a narrow screen: focusable, so keys can scroll it.
+  return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption || "Table" },
     h("table", {},
       caption ? h("caption", {}, caption) : null,
       h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
