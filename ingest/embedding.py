@@ -43,6 +43,8 @@ class Embedder:
         if settings.query_trace:
             self._traced = self._trace()
         self.tokenizer = self._st.tokenizer
+        # What the model reads of one text (longer ones are cut): all-MiniLM-L6-v2, 256.
+        self.max_tokens = int(self._st.max_seq_length or 512) - 2  # [CLS] and [SEP]
 
     def _trace(self):
         """The sentence-transformer's transformer traced with TorchScript for one query (one

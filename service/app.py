@@ -40,6 +40,7 @@ from service.routes import (
     chat,
     console,
     documents,
+    embeddings,
     evaluations,
     health,
     tenants,
@@ -140,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await pool.check_all()
 
             supervisor.on_change = _on_engine_change
+        state.embedder = embedder
         state.evaluations = EvaluationService(
             eval_store, adapter_service, settings.evaluations, settings.limits
         )
@@ -191,6 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(advisor.router)
     app.include_router(evaluations.router)
     app.include_router(admin.router)
+    app.include_router(embeddings.router)
     console.mount(app)
     if settings.cors_origins:
         app.add_middleware(

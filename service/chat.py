@@ -136,12 +136,9 @@ class ChatService:
             param="model",
         )
 
-    async def prepare(
-        self, tenant: TenantView, req: ChatRequest, pinned: ServedAdapter | None = None
-    ) -> Prepared:
-        """Decide the path, retrieve where it needs it, and build the engine request.
-        `pinned`: a given adapter version instead of the one `req.model` names (evaluations)."""
-        max_tokens = self._check_limits(req)
+    async def admit(self, tenant: TenantView) -> None:
+        """Count one request against the tenant's limits (429 rate_limit_exceeded when one is
+        reached); chat and embeddings alike."""
         policy = tenant.policy
         if self.limiter is not None and (policy.requests_per_minute or policy.tokens_per_day):
             try:
@@ -149,6 +146,15 @@ class ChatService:
             except RateLimited as exc:
                 self.metrics.count_rate_limited(getattr(exc, "limit", "other"))
                 raise
+
+    async def prepare(
+        self, tenant: TenantView, req: ChatRequest, pinned: ServedAdapter | None = None
+    ) -> Prepared:
+        """Decide the path, retrieve where it needs it, and build the engine request.
+        `pinned`: a given adapter version instead of the one `req.model` names (evaluations)."""
+        max_tokens = self._check_limits(req)
+        policy = tenant.policy
+        await self.admit(tenant)
         named = pinned or await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
             tenant.id, policy, _last_user_text(req.messages), req.route, named

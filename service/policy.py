@@ -121,7 +121,8 @@ def decide_auto(
     floor = policy.min_score if policy.min_score is not None else floor
     floor = 0.35 if floor is None else floor
     floor_from = "policy" if policy.min_score is not None else "background"
-    signals: dict = {"top_score": round_signal(top_score), "floor": round_signal(floor),
+    signals: dict = {"top_score": round_signal(top_score),
+                     "floor": round_signal(floor) if top_score is not None else None,
                      "floor_from": floor_from}
     if adapter_match is not None:
         signals["adapter_match"] = round_signal(adapter_match.score)

@@ -45,6 +45,7 @@ class State:
     evaluations: Any = None  # service.evaluations.service.EvaluationService
     evaluation_runner: Any = None  # its runner, when this process runs evaluations
     gates: Any = None  # service.evaluations.gate.AdapterGates
+    embedder: Any = None  # ingest.embedding.Embedder: the served embedding model
 
     def wake_evaluations(self) -> None:
         if self.evaluation_runner is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -80,3 +81,25 @@ def test_engine_admin_endpoints_only_on_loopback(server):
     cmd = open(f"/proc/{server.engine_pid()}/cmdline", "rb").read().split(b"\0")
     assert cmd[cmd.index(b"--host") + 1] == b"127.0.0.1"
     assert httpx.get(f"{server.engine_url}/health").status_code == 200
+
+
+def test_embeddings_are_the_vectors_ingestion_makes(client):
+    """The official client's embeddings.create against the served embedding model: each vector
+    is the one the ingestion pipeline computes for that text (the same model, here in-process)."""
+    from core.settings import EmbeddingSettings
+    from ingest.embedding import shared_embedder
+
+    texts = ["The harbour office door code is QX-7731.", "Orders leave the warehouse at noon."]
+    resp = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=texts)
+    assert [d.index for d in resp.data] == [0, 1] and resp.usage.prompt_tokens > 0
+    local = shared_embedder(EmbeddingSettings()).texts(texts)
+    for d, v in zip(resp.data, local, strict=True):
+        a, b = np.asarray(d.embedding), np.asarray(v)
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
+    packed = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2",
+                                      input=texts[0], encoding_format="base64")
+    assert len(packed.data[0].embedding) == 384  # the SDK decodes base64 float32
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input="")

@@ -72,6 +72,7 @@ AUTH = {
     ("POST", "/v1/advisor"): "tenant",
     ("POST", "/v1/policy/explain"): "tenant",
     ("POST", "/v1/policy/calibrate"): "tenant",
+    ("POST", "/v1/embeddings"): "tenant",
     ("POST", "/v1/eval-sets"): "tenant",
     ("GET", "/v1/eval-sets"): "tenant",
     ("GET", "/v1/eval-sets/{set_id}"): "tenant",

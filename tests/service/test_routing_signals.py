@@ -17,7 +17,9 @@ REFUND_V2 = (
 
 
 def _counting(client) -> list[str]:
-    embedder = client.app.state.ragtune.chat.router.retriever.embedder
+    router = client.app.state.ragtune.chat.router
+    router.background.vectors()  # the startup's embedding of the background questions, done
+    embedder = router.retriever.embedder
     calls: list[str] = []
     real = embedder.query
 
