@@ -16,6 +16,7 @@ AdminKey = Annotated[
     str | None, typer.Option(envvar="RAGTUNE_ADMIN_KEY", help="The server's admin key.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
+TenantId = Annotated[str, typer.Argument(help="The tenant's id.")]
 
 
 def _admin(admin_key: str | None) -> dict[str, str]:
@@ -90,7 +91,7 @@ def list_tenants(
 
 @tenants_app.command()
 def show(
-    tenant: Annotated[str, typer.Argument(help="The tenant's id.")],
+    tenant: TenantId,
     admin_key: AdminKey = None,
     url: Url = "http://127.0.0.1:8000",
 ) -> None:
@@ -102,7 +103,7 @@ def show(
 
 @tenants_app.command("rotate-key")
 def rotate_key(
-    tenant: Annotated[str, typer.Argument(help="The tenant's id.")],
+    tenant: TenantId,
     keep_existing: Annotated[
         bool, typer.Option(help="Keep the old keys working (default: they stop at once).")
     ] = False,
@@ -120,7 +121,7 @@ def rotate_key(
 
 @tenants_app.command()
 def delete(
-    tenant: Annotated[str, typer.Argument(help="The tenant's id.")],
+    tenant: TenantId,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
     admin_key: AdminKey = None,
     url: Url = "http://127.0.0.1:8000",
