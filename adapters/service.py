@@ -14,6 +14,7 @@ half-registered is ever routed to or left behind.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from core.errors import AdapterError, Conflict, InvalidRequest
 from core.registry.db import Registry
 from core.registry.models import Adapter, AdapterVersion, utcnow
 from core.settings import Settings
+
+log = logging.getLogger("ragtune.adapters")
 
 EFFECT_PROBES = 2
 EFFECT_TOKENS = 4
@@ -185,7 +188,10 @@ class AdapterService:
                 record = outcome.record
             previous = await asyncio.to_thread(self._switch, tenant_id, name, version, record)
         except GateFailed as failed:
-            await self.engines.unload_everywhere(ename)
+            try:
+                await self.engines.unload_everywhere(ename)
+            except Exception as exc:  # noqa: BLE001 - reconcile unloads it: rejected is not wanted
+                log.warning("unloading rejected %s failed: %s", ename, exc)
             await asyncio.to_thread(self._reject, tenant_id, name, version, final,
                                     failed.outcome.record)
             raise AdapterError(failed.outcome.message, code="gate_failed", param="gate") from None
