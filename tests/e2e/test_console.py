@@ -14,8 +14,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.helpers.api import wait_evaluation
 from tests.helpers.app import ADMIN_KEY, ROOT
 
 pytestmark = pytest.mark.integration
@@ -164,9 +166,25 @@ def test_a_tenant_uploads_asks_and_registers_an_adapter(server, browser, base_mo
     assert "orders@1" in result.locator(".route").inner_text()
     page.locator("article.result[aria-busy]").wait_for(state="detached")  # no eval: CSP
 
-    for name, label in (("Evaluations", "evaluations"), ("Policy", "policy")):
-        w.go(name)
-        w.check(label)
+    # an evaluation (made through the API) shown as its chart, verdicts and failing items
+    auth = {"Authorization": f"Bearer {key}"}
+    items = [{"query": q, "checks": {"contains": ["QX-7731"]}}
+             for q in ("What is the harbour office door code?",
+                       "Which code opens the harbour office?")]
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        s = http.post("/v1/eval-sets", headers=auth, json={"name": "harbour", "items": items})
+        r = http.post("/v1/evaluations", headers=auth, json={
+            "eval_set": s.json()["id"], "arms": ["prompt", "rag"], "max_tokens": 24})
+        ev = wait_evaluation(http, auth, r.json()["id"], timeout=300)
+        assert ev["state"] == "succeeded", ev
+    w.go("Evaluations")
+    chart = page.get_by_role("img", name=re.compile(r"prompt: \d+% passed; rag: \d+% passed"))
+    chart.wait_for()
+    assert page.locator("svg.chart rect.bar").count() == 2
+    page.get_by_role("region", name="Paired comparisons").wait_for()
+    w.check("evaluations")
+    w.go("Policy")
+    w.check("policy")
     w.close()
 
 
