@@ -16,7 +16,9 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
+from tests.helpers.app import ROOT
 from tests.helpers.deploy_files import CHART, require_module, require_script
 from tests.helpers.helm_chart import (
     EXTERNAL_QDRANT,
@@ -322,6 +324,23 @@ def test_service_monitor_is_off_by_default():
     monitors = [d for d in render("external") if d["kind"] == "ServiceMonitor"]
     assert sorted(m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors) == [
         "api", "vllm"]
+
+
+def test_the_grafana_dashboard_ships_in_the_chart_as_in_deploy():
+    """The chart carries a copy of deploy/grafana's dashboard (Helm reads no file outside the
+    chart): the same JSON, in a ConfigMap Grafana's sidecar picks up, when asked for."""
+    dashboard = ROOT / "deploy" / "grafana" / "dashboards" / "ragtune.json"
+    copy = ROOT / "helm" / "ragtune" / "dashboards" / "ragtune.json"
+    assert json.loads(copy.read_text()) == json.loads(dashboard.read_text()), (
+        "helm/ragtune/dashboards/ragtune.json differs from deploy/grafana: copy it again")
+    assert not [d for d in render("default") if d["metadata"]["name"].endswith("grafana-dashboard")]
+    raw = render_values({**scenario_values("default"), "grafanaDashboard": {"enabled": True}})
+    docs = [d for path, text in raw.items() if not path.endswith("NOTES.txt")
+            for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    (cm,) = [d for d in docs
+             if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("grafana-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["ragtune.json"]) == json.loads(dashboard.read_text())
 
 
 @pytest.mark.parametrize("scenario", ["default", "external"])
