@@ -102,42 +102,44 @@ class EvaluationRunner:
         claimed = await asyncio.to_thread(self.store.claim, self.worker_id, self.settings.lease_s)
         if claimed is None:
             return False
+        await self._execute(claimed, resumable=True)
+        return True
+
+    async def run_claimed(self, claimed: Claimed) -> None:
+        """Run an evaluation this runner holds to its end, here (an adapter gate waits on it):
+        a pause is its failure, as is any error; the store says how it ended."""
+        await self._execute(claimed, resumable=False)
+
+    async def _execute(self, claimed: Claimed, *, resumable: bool) -> None:
+        """Run it; an engine or registry outage pauses a `resumable` one (queued again until
+        `max_attempts`), else fails it; any other error fails it, with the reason."""
         started = time.perf_counter()
         try:
             await self._run(claimed)
         except Transient as exc:
-            log.warning("evaluation %s paused: %s", claimed.id, exc)
-            left = await asyncio.to_thread(
-                self.store.release, claimed.id, self.settings.max_attempts
-            )
-            if left <= 0:
-                await asyncio.to_thread(
-                    self.store.finish,
-                    claimed.id,
-                    error=f"stopped {self.settings.max_attempts} times: {exc}",
-                )
+            if resumable:
+                await self._pause(claimed, exc)
             else:
-                await asyncio.sleep(self.settings.poll_s)
+                log.warning("evaluation %s stopped: %s", claimed.id, exc)
+                await asyncio.to_thread(self.store.finish, claimed.id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug or a vanished set: fail it, say why
             log.exception("evaluation %s failed", claimed.id)
             await asyncio.to_thread(self.store.finish, claimed.id, error=str(exc) or repr(exc))
         finally:
             if self.metrics is not None:
                 self.metrics.observe_evaluation(time.perf_counter() - started)
-        return True
 
-    async def run_claimed(self, claimed: Claimed) -> None:
-        """Run an evaluation this runner holds to its end, here (an adapter gate waits on it):
-        a pause is its failure, as is any error; the store says how it ended."""
-        started = time.perf_counter()
-        try:
-            await self._run(claimed)
-        except Exception as exc:  # noqa: BLE001 - Transient included: the gate cannot wait
-            log.warning("evaluation %s failed: %s", claimed.id, exc)
-            await asyncio.to_thread(self.store.finish, claimed.id, error=str(exc) or repr(exc))
-        finally:
-            if self.metrics is not None:
-                self.metrics.observe_evaluation(time.perf_counter() - started)
+    async def _pause(self, claimed: Claimed, exc: Transient) -> None:
+        log.warning("evaluation %s paused: %s", claimed.id, exc)
+        left = await asyncio.to_thread(self.store.release, claimed.id, self.settings.max_attempts)
+        if left <= 0:
+            await asyncio.to_thread(
+                self.store.finish,
+                claimed.id,
+                error=f"stopped {self.settings.max_attempts} times: {exc}",
+            )
+        else:
+            await asyncio.sleep(self.settings.poll_s)
 
     async def _run(self, c: Claimed) -> None:
         items, grammar = await asyncio.to_thread(self.store.set_contents, c.tenant_id,

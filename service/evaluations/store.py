@@ -111,7 +111,11 @@ class EvaluationStore:
                           started_at=now)
         return Claimed(ev.id, tenant_id, set_id, list(arms), max_tokens, ev.total)
 
-    def _create(self, tenant_id, set_id, arms, max_tokens, **state) -> Evaluation:
+    def _create(
+        self, tenant_id, set_id, arms, max_tokens, *, state: str = "queued", attempts: int = 0,
+        **lease,
+    ) -> Evaluation:
+        """`lease`: leased_by, lease_until and started_at of one created already claimed."""
         with self.registry.session() as s:
             row = self._set_row(s, tenant_id, set_id)
             ev = Evaluation(
@@ -120,11 +124,11 @@ class EvaluationStore:
                 eval_set_id=set_id,
                 arms=arms,
                 max_tokens=max_tokens,
-                state=state.pop("state", "queued"),
-                attempts=state.pop("attempts", 0),
+                state=state,
+                attempts=attempts,
                 total=row.item_count * len(arms),
                 created_at=utcnow(),
-                **state,
+                **lease,
             )
             s.add(ev)
         return ev
