@@ -67,6 +67,10 @@ class RateLimited(APIError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
+    def __init__(self, message: str, *, limit: str = "other", **kw) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit  # which of the tenant's limits refused it (the metric's label)
+
 
 class EngineUnavailable(APIError):
     status = 503

@@ -144,7 +144,7 @@ class ChatService:
             try:
                 await asyncio.to_thread(self.limiter.admit, tenant.id, policy)
             except RateLimited as exc:
-                self.metrics.count_rate_limited(getattr(exc, "limit", "other"))
+                self.metrics.count_rate_limited(exc.limit)
                 raise
 
     async def prepare(
@@ -239,10 +239,12 @@ class ChatService:
     async def _count_usage(self, p: Prepared, usage: dict) -> None:
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         self.metrics.count_tokens(p.decision.path, prompt, completion)
-        if self.limiter is not None and p.policy.tokens_per_day:
-            await asyncio.to_thread(
-                self.limiter.spend_tokens, p.tenant_id, p.policy, prompt + completion
-            )
+        await self.spend(p.tenant_id, p.policy, prompt + completion)
+
+    async def spend(self, tenant_id: str, policy: Policy, tokens: int) -> None:
+        """Count tokens against the tenant's day budget (chat and embeddings alike)."""
+        if self.limiter is not None and policy.tokens_per_day:
+            await asyncio.to_thread(self.limiter.spend_tokens, tenant_id, policy, tokens)
 
     async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
         """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].

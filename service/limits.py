@@ -90,9 +90,8 @@ class RateLimiter:
 
 
 def _limited(message: str, seconds_left: float, limit: str) -> RateLimited:
-    exc = RateLimited(
+    return RateLimited(
         f"rate limit reached: {message}; retry in {math.ceil(seconds_left)} s",
         headers={"Retry-After": str(max(1, math.ceil(seconds_left)))},
+        limit=limit,
     )
-    exc.limit = limit  # which of the policy's limits (the metric's label)
-    return exc

@@ -60,13 +60,10 @@ async def embeddings(body: EmbeddingRequest, tenant: CurrentTenant, state: AppSt
             raise InvalidRequest(
                 f"input {i} is {n} tokens; {name} reads at most {limit}",
                 code="input_too_long", param="input")
-    policy = tenant.policy
-    limiter = state.chat.limiter
     await state.chat.admit(tenant)
     vectors = await asyncio.to_thread(embedder.texts, texts)
     total = sum(counts)
-    if limiter is not None and policy.tokens_per_day:
-        await asyncio.to_thread(limiter.spend_tokens, tenant.id, policy, total)
+    await state.chat.spend(tenant.id, tenant.policy, total)
     data = []
     for i, v in enumerate(vectors):
         if body.encoding_format == "base64":
