@@ -35,6 +35,7 @@ from service.policy import (
     Policy,
     RouteDecision,
     decide_auto,
+    effective_floor,
     requested_path,
     round_signal,
 )
@@ -129,8 +130,7 @@ def context_plan(
     background floor, for a policy that leaves `min_score` unset."""
     trained = adapter.trained if adapter is not None else None
     if trained is None or policy.adapter_context == "policy":
-        min_score = policy.min_score if policy.min_score is not None else floor
-        return ContextPlan("policy", policy.top_k, min_score if min_score is not None else 0.0,
+        return ContextPlan("policy", policy.top_k, effective_floor(policy, floor),
                            policy.context_max_tokens)
     if trained.context is None:
         return ContextPlan("none")

@@ -110,6 +110,18 @@ class AdapterMatch:
     named: bool = False
 
 
+# Where neither the policy nor a measurement gives a floor (nothing indexed to measure on).
+FALLBACK_FLOOR = 0.35
+
+
+def effective_floor(policy: Policy, background: float | None) -> float:
+    """The floor a tenant's retrieval is held to: its policy's `min_score` when set, else its
+    background floor (service/background.py), measured by the caller."""
+    if policy.min_score is not None:
+        return policy.min_score
+    return background if background is not None else FALLBACK_FLOOR
+
+
 def decide_auto(
     policy: Policy, top_score: float | None, adapter_match: AdapterMatch | None,
     floor: float | None = None,
@@ -118,9 +130,8 @@ def decide_auto(
     query names, takes it (with retrieval for the facts); else the knowledge base answers when
     its best chunk clears the floor; else the base model answers alone. `floor`: the tenant's
     `min_score`, or where that is unset its background floor (the caller measures it)."""
-    floor = policy.min_score if policy.min_score is not None else floor
-    floor = 0.35 if floor is None else floor
     floor_from = "policy" if policy.min_score is not None else "background"
+    floor = effective_floor(policy, floor)
     signals: dict = {"top_score": round_signal(top_score),
                      "floor": round_signal(floor) if top_score is not None else None,
                      "floor_from": floor_from}
