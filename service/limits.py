@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.errors import RateLimited
@@ -22,6 +22,7 @@ from core.registry.models import UsageCounter
 from service.policy import Policy
 
 WINDOWS = {"requests": 60, "tokens": 86_400}
+USAGE_FIELDS = {"requests": "requests_this_minute", "tokens": "tokens_today"}
 
 
 class RateLimiter:
@@ -79,10 +80,18 @@ class RateLimiter:
                     left, "requests_per_minute",
                 )
 
-    def usage(self, tenant_id: str) -> dict:
-        """What the tenant used in the current windows: requests this minute, tokens today."""
-        return {"requests_this_minute": self._used(tenant_id, "requests")[0],
-                "tokens_today": self._used(tenant_id, "tokens")[0]}
+    def usage(self) -> dict[str, dict]:
+        """What each tenant used in the current windows (requests this minute, tokens today),
+        in one read; a tenant that used nothing is absent."""
+        c = UsageCounter
+        current = [(c.kind == kind) & (c.window_start == self._window(kind)[0]) for kind in WINDOWS]
+        with self.registry.session() as s:
+            rows = s.execute(select(c.tenant_id, c.kind, c.used).where(or_(*current))).all()
+        out: dict[str, dict] = {}
+        for tenant_id, kind, used in rows:
+            out.setdefault(tenant_id, {"requests_this_minute": 0, "tokens_today": 0})[
+                USAGE_FIELDS[kind]] = used
+        return out
 
     def spend_tokens(self, tenant_id: str, policy: Policy, n: int) -> None:
         if policy.tokens_per_day is not None and n > 0:

@@ -35,6 +35,8 @@ async def status(state: AppState, _: Admin) -> dict:
 
 def _tenants(state) -> list[dict]:
     limiter = state.chat.limiter
+    usage = limiter.usage() if limiter is not None else {}
+    idle = {"requests_this_minute": 0, "tokens_today": 0}
     out = []
     for t in state.tenants.list():
         policy = t["policy"]
@@ -43,6 +45,6 @@ def _tenants(state) -> list[dict]:
             "mode": policy["mode"],
             "limits": {"requests_per_minute": policy.get("requests_per_minute"),
                        "tokens_per_day": policy.get("tokens_per_day")},
-            "usage": limiter.usage(t["id"]) if limiter is not None else None,
+            "usage": usage.get(t["id"], idle) if limiter is not None else None,
         })
     return out

@@ -53,6 +53,7 @@ def test_scripts_build_the_page_from_data_never_from_html_strings():
 
 def test_the_operators_status_is_the_admins_only(client):
     tid, headers = new_tenant(client, {"requests_per_minute": 50})
+    other, _ = new_tenant(client, {"requests_per_minute": 50})
     client.post("/v1/chat/completions", headers=headers,
                 json={"messages": [{"role": "user", "content": "hi"}]})
     st = client.get("/v1/admin/status", headers=ADMIN)
@@ -65,6 +66,8 @@ def test_the_operators_status_is_the_admins_only(client):
     mine = next(t for t in body["tenants"] if t["id"] == tid)
     assert mine["limits"] == {"requests_per_minute": 50, "tokens_per_day": None}
     assert mine["usage"]["requests_this_minute"] == 1
+    idle = next(t for t in body["tenants"] if t["id"] == other)
+    assert idle["usage"] == {"requests_this_minute": 0, "tokens_today": 0}
     assert_error(client.get("/v1/admin/status", headers=headers), 403, "admin_key_required")
 
 
