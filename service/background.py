@@ -49,22 +49,19 @@ class BackgroundFloor:
     def __init__(self, retriever: Retriever, ttl_s: float = TTL_S) -> None:
         self.retriever = retriever
         self.ttl_s = ttl_s
-        self._vectors: list | None = None
         self._cache: dict[str, tuple[float, tuple, float]] = {}  # tenant -> (at, hidden, floor)
 
     def vectors(self) -> list:
         """The questions' embeddings, made once per embedder in the process (apps in one
         process, as the tests make them, share the embedder and these)."""
-        if self._vectors is None:
-            embedder = self.retriever.embedder
-            with _LOCK:
-                found = _VECTORS.get(embedder)
-                if found is None:
-                    # embedded as serving embeds a query, so the scores are comparable
-                    found = [embedder.query(q) for q in background_queries()]
-                    _VECTORS[embedder] = found
-            self._vectors = found
-        return self._vectors
+        embedder = self.retriever.embedder
+        with _LOCK:
+            found = _VECTORS.get(embedder)
+            if found is None:
+                # embedded as serving embeds a query, so the scores are comparable
+                found = [embedder.query(q) for q in background_queries()]
+                _VECTORS[embedder] = found
+        return found
 
     def floor(self, tenant_id: str, hidden: list[tuple[str, int]] | None) -> float:
         """Sync (a worker thread). `hidden`: what `DocumentService.readable_in` read for this
