@@ -214,10 +214,20 @@ def test_an_operator_creates_a_tenant_and_sees_its_key_once(server, browser):
     page.locator("tbody tr").filter(has_text="console-made").wait_for()
     assert page.locator(".key-once").count() == 0  # shown once, then never again
     assert key not in page.content()
+    # rotating asks first, then shows the new key once; the old one stops working
+    page.once("dialog", lambda d: d.accept())
+    page.locator("tbody tr").filter(has_text="console-made").get_by_role(
+        "button", name="Rotate key").click()
+    rotated = page.locator(".key-once code.key")
+    rotated.wait_for()
+    new_key = rotated.inner_text()
+    assert new_key != key and re.fullmatch(r"rt-[0-9a-f]{16}-[A-Za-z0-9_-]{43}", new_key)
     w.close()
+    assert httpx.get(f"{server.url}/v1/me",
+                     headers={"Authorization": f"Bearer {key}"}).status_code == 401
     # the key it showed works
     tenant = Watched(browser, server.url)
-    tenant.open(key)
+    tenant.open(new_key)
     assert tenant.page.locator("#who-label").inner_text() == "Tenant console-made"
     tenant.close()
 

@@ -2,7 +2,7 @@
 // with their status, gate figures and the replicas holding them; rollback and delete.
 
 import { api } from "./api.js";
-import { badge, errorBox, field, fmt, h, table, toast, when } from "./ui.js";
+import { action, badge, errorBox, field, fmt, h, table, toast, when } from "./ui.js";
 
 function gateText(g) {
   if (!g) return "–";
@@ -20,22 +20,17 @@ async function detail(name, box, error, refresh) {
         v.replicas?.length ? v.replicas.map((i) => `#${i}`).join(", ") : "–",
         gateText(v.gate), when(v.created_at),
         v.status === "retired" || (v.status === "ready" && v.version !== a.version)
-          ? h("button", { type: "button", class: "small", onclick: async () => {
-            try {
-              await api(`/v1/adapters/${encodeURIComponent(name)}/rollback`, { method: "POST", json: { version: v.version } });
-              toast(`${name} now serves v${v.version}`);
-              await refresh();
-            } catch (err) { error.show(err); }
-          } }, "Roll back to this") : "",
+          ? h("button", { type: "button", class: "small", onclick: action(error, null, async () => {
+            await api(`/v1/adapters/${encodeURIComponent(name)}/rollback`, { method: "POST", json: { version: v.version } });
+            toast(`${name} now serves v${v.version}`);
+            await refresh();
+          }) }, "Roll back to this") : "",
       ]), `Versions of ${a.name}`),
-    h("button", { type: "button", class: "danger small", onclick: async () => {
-      if (!confirm(`Delete adapter ${name} and all its versions?`)) return;
-      try {
-        await api(`/v1/adapters/${encodeURIComponent(name)}`, { method: "DELETE" });
-        toast(`Deleted ${name}`);
-        await refresh();
-      } catch (err) { error.show(err); }
-    } }, `Delete ${name}`)));
+    h("button", { type: "button", class: "danger small", onclick: action(error, `Delete adapter ${name} and all its versions?`, async () => {
+      await api(`/v1/adapters/${encodeURIComponent(name)}`, { method: "DELETE" });
+      toast(`Deleted ${name}`);
+      await refresh();
+    }) }, `Delete ${name}`)));
 }
 
 export async function adapters(section) {

@@ -2,7 +2,7 @@
 // end; the documents with their versions and chunks; delete with a confirmation.
 
 import { api } from "./api.js";
-import { badge, errorBox, h, sleep, table, toast, when } from "./ui.js";
+import { action, badge, errorBox, h, sleep, table, toast, when } from "./ui.js";
 
 async function follow(jobId, line) {
   for (;;) {
@@ -26,14 +26,11 @@ async function listing(box, error) {
       badge(d.status || "–"), d.chunks ?? "–", when(d.updated_at),
       h("button", {
         type: "button", class: "danger small", "aria-label": `Delete ${d.document_id}`,
-        onclick: async () => {
-          if (!confirm(`Delete ${d.document_id} and its chunks?`)) return;
-          try {
-            await api(`/v1/documents/${encodeURIComponent(d.document_id)}`, { method: "DELETE" });
-            toast(`Deleted ${d.document_id}`);
-            await listing(box, error);
-          } catch (err) { error.show(err); }
-        },
+        onclick: action(error, `Delete ${d.document_id} and its chunks?`, async () => {
+          await api(`/v1/documents/${encodeURIComponent(d.document_id)}`, { method: "DELETE" });
+          toast(`Deleted ${d.document_id}`);
+          await listing(box, error);
+        }),
       }, "Delete"),
     ]), "Documents"));
 }

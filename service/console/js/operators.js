@@ -3,7 +3,7 @@
 // delete a tenant.
 
 import { api } from "./api.js";
-import { badge, errorBox, field, h, table, toast } from "./ui.js";
+import { action, badge, errorBox, field, h, table, toast } from "./ui.js";
 
 function keyOnce(id, key) {
   return h("div", { class: "card key-once", role: "alert" },
@@ -31,21 +31,15 @@ export async function operators(section) {
           `${t.usage?.requests_this_minute ?? 0}${t.limits.requests_per_minute ? ` / ${t.limits.requests_per_minute}` : ""}`,
           `${t.usage?.tokens_today ?? 0}${t.limits.tokens_per_day ? ` / ${t.limits.tokens_per_day}` : ""}`,
           h("span", { class: "buttons" },
-            h("button", { type: "button", class: "small", onclick: async () => {
-              if (!confirm(`Rotate ${t.id}'s key? Its current keys stop working.`)) return;
-              try {
-                const r = await api(`/v1/tenants/${encodeURIComponent(t.id)}/keys`, { method: "POST", json: { revoke_existing: true } });
-                shown.replaceChildren(keyOnce(t.id, r.api_key));
-              } catch (err) { error.show(err); }
-            } }, "Rotate key"),
-            h("button", { type: "button", class: "danger small", onclick: async () => {
-              if (!confirm(`Delete tenant ${t.id} with its documents and adapters?`)) return;
-              try {
-                await api(`/v1/tenants/${encodeURIComponent(t.id)}`, { method: "DELETE" });
-                toast(`Deleted ${t.id}`);
-                await refresh();
-              } catch (err) { error.show(err); }
-            } }, "Delete")),
+            h("button", { type: "button", class: "small", onclick: action(error, `Rotate ${t.id}'s key? Its current keys stop working.`, async () => {
+              const r = await api(`/v1/tenants/${encodeURIComponent(t.id)}/keys`, { method: "POST", json: { revoke_existing: true } });
+              shown.replaceChildren(keyOnce(t.id, r.api_key));
+            }) }, "Rotate key"),
+            h("button", { type: "button", class: "danger small", onclick: action(error, `Delete tenant ${t.id} with its documents and adapters?`, async () => {
+              await api(`/v1/tenants/${encodeURIComponent(t.id)}`, { method: "DELETE" });
+              toast(`Deleted ${t.id}`);
+              await refresh();
+            }) }, "Delete")),
         ]), "Tenants and their limits")));
   };
   const id = h("input", { type: "text", required: true, autocomplete: "off", pattern: "[a-z0-9][a-z0-9\\-]*" });

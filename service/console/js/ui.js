@@ -37,6 +37,19 @@ export function errorBox() {
   return box;
 }
 
+// A button's click: asks `question` first (when given), runs `work`, and shows what the API
+// refused in the page's error box.
+export function action(box, question, work) {
+  return async () => {
+    if (question && !confirm(question)) return;
+    try {
+      await work();
+    } catch (err) {
+      box.show(err);
+    }
+  };
+}
+
 export function toast(message) {
   const t = document.getElementById("toast");
   t.textContent = message;
