@@ -248,6 +248,7 @@ def test_the_console_is_usable_390_px_wide(server, browser):
 def test_a_wrong_key_is_said_plainly(server, browser):
     w = Watched(browser, server.url)
     w.page.goto(f"{server.url}/console")
+    assert not w.page.get_by_role("button", name="Sign out").is_visible()  # nobody signed in
     w.check("sign-in")
     w.page.get_by_label("API key").fill("rt-0000000000000000-" + "x" * 43)
     w.page.get_by_role("button", name="Sign in").click()
