@@ -44,14 +44,18 @@ class DocumentService:
         files: list[Upload],
         document_id: str | None = None,
         metadata: dict | None = None,
+        purpose: str | None = None,
     ) -> dict:
+        """`purpose`: set on new documents (the /v1/files upload's)."""
         metadata = metadata or {}
         prepared = prepare_upload(files, document_id, metadata, self.limits)
         job_id = str(uuid.uuid4())
         job_dir = self.uploads_dir / tenant_id / job_id
         try:
             stored = store_upload(job_dir, prepared)
-            versions = self.versions.register(tenant_id, job_id, prepared, stored, metadata)
+            versions = self.versions.register(
+                tenant_id, job_id, prepared, stored, metadata, purpose
+            )
         except OSError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -67,23 +67,27 @@ class Retriever:
     def retrieve(
         self, tenant_id: str, query: str, top_k: int,
         hidden: list[tuple[str, int]] | None, vector=None, steps: dict[str, float] | None = None,
+        documents: frozenset[str] | None = None, min_score: float | None = None,
     ) -> Retrieval:
         """Sync (run it in a thread). `hidden`: what `DocumentService.readable_in` read (None:
         nothing indexed); `vector`: the query's embedding when the caller has it; `steps`
-        gets the seconds of "embed" and "search" where they ran. Raises RetrievalUnavailable
-        when the store (or the query's embedding) fails."""
+        gets the seconds of "embed" and "search" where they ran; `documents`: only these
+        documents' chunks (a vector store's; None: all of the tenant's); `min_score`: no hit
+        below it. Raises RetrievalUnavailable when the store (or the query's embedding)
+        fails."""
         started = time.perf_counter()
         steps = {} if steps is None else steps
         try:
-            if hidden is None:
-                # Nothing indexed: no need to embed the question (the common case for
-                # tenants without a knowledge base).
+            if hidden is None or (documents is not None and not documents):
+                # Nothing indexed, or nothing in scope: no need to embed the question (the
+                # common case for tenants without a knowledge base).
                 return Retrieval([], time.perf_counter() - started)
             if vector is None:
                 vector = self.embedder.query(query)
                 steps["embed"] = time.perf_counter() - started
             searched = time.perf_counter()
-            hits = self.store.search(tenant_id, vector, top_k, exclude=hidden, text=query)
+            hits = self.store.search(tenant_id, vector, top_k, exclude=hidden, text=query,
+                                     documents=documents, min_score=min_score)
             steps["search"] = time.perf_counter() - searched
         except APIError:
             raise

@@ -240,11 +240,12 @@ class EdgeChunkStore(DeletesByFilter):
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
         text: str | None = None,
+        documents: Collection[str] | None = None,
     ) -> Hits:
         require_tenant(tenant_id)
         shard = self._shard
         self._check_open()
-        if shard is None or top_k <= 0:
+        if shard is None or top_k <= 0 or (documents is not None and not documents):
             return Hits()
         if self._dim is not None and len(vector) != self._dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
@@ -253,7 +254,10 @@ class EdgeChunkStore(DeletesByFilter):
         if exclude:
             excluded = sorted({doc_version(d, v) for d, v in exclude})
             must_not = [qe.FieldCondition(key=DOC_VERSION_KEY, match=qe.MatchAny(excluded))]
-        flt = qe.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not)
+        must = [_match(TENANT_KEY, tenant_id)]
+        if documents is not None:
+            must.append(qe.FieldCondition(key=DOCUMENT_KEY, match=qe.MatchAny(sorted(documents))))
+        flt = qe.Filter(must=must, must_not=must_not)
         vector = _floats(vector)
         terms = query_terms(text) if s.retrieval == "hybrid" else ([], [])
         if not terms[0]:

@@ -237,10 +237,11 @@ class ServerChunkStore(DeletesByFilter):
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
         text: str | None = None,
+        documents: Collection[str] | None = None,
     ) -> list[Hit]:
         require_tenant(tenant_id)
         store = self._store
-        if store is None or top_k <= 0:
+        if store is None or top_k <= 0 or (documents is not None and not documents):
             return Hits()
         if len(vector) != self._dim:
             raise ValueError(f"query vector has {len(vector)} dimensions, expected {self._dim}")
@@ -251,7 +252,11 @@ class ServerChunkStore(DeletesByFilter):
                 models.FieldCondition(key=DOC_VERSION_KEY, match=models.MatchAny(any=excluded))
             ]
         s = self._settings
-        flt = models.Filter(must=[_match(TENANT_KEY, tenant_id)], must_not=must_not)
+        must = [_match(TENANT_KEY, tenant_id)]
+        if documents is not None:
+            only = models.MatchAny(any=sorted(documents))
+            must.append(models.FieldCondition(key=DOCUMENT_KEY, match=only))
+        flt = models.Filter(must=must, must_not=must_not)
         vector = [float(x) for x in vector]
         terms = query_terms(text) if self._terms and s.retrieval == "hybrid" else ([], [])
         if terms[0]:

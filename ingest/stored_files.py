@@ -41,3 +41,9 @@ def remove_stored(paths: list[str]) -> None:
             p.parent.rmdir()
         except OSError:
             pass  # other files of the same upload remain
+
+
+def original_of(sections_path: str | Path) -> Path:
+    """The uploaded bytes beside a version's sections file."""
+    p = Path(sections_path)
+    return p.parent / (p.name.split(".")[0] + ".orig")

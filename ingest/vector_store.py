@@ -106,9 +106,12 @@ class ChunkStore(Protocol):
         min_score: float | None = None,
         exclude: Collection[tuple[str, int]] = (),
         text: str | None = None,
+        documents: Collection[str] | None = None,
     ) -> list[Hit]:
         """The tenant's `top_k` best chunks, none of the (document_id, version) pairs in
-        `exclude`, each scored by its cosine to `vector` and at least `min_score`. Dense mode
+        `exclude` and, when `documents` is given, only chunks of those documents (a vector
+        store's files; empty: nothing), each scored by its cosine to `vector` and at least
+        `min_score`. Dense mode
         (or no `text`): the nearest, best first. Hybrid mode: the dense and the term (BM25 of
         `text`) candidates fused by rank, in fused order (see the module docstring)."""
         ...

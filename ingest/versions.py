@@ -61,18 +61,18 @@ class DocumentVersions:
     # ---- upload: new versions, queued -------------------------------------------------
     def register(
         self, tenant_id: str, job_id: str, prepared: list[Prepared], stored: list[Path],
-        metadata: dict,
+        metadata: dict, purpose: str | None = None,
     ) -> list[int]:
         """The job and one queued version per file, in one transaction; the new version
-        numbers, in the upload's order."""
+        numbers, in the upload's order. `purpose`: a new document's /v1/files purpose."""
         try:
-            return self._register(tenant_id, job_id, prepared, stored, metadata)
+            return self._register(tenant_id, job_id, prepared, stored, metadata, purpose)
         except IntegrityError:
             # A new document id created by another upload since this one looked (FOR UPDATE
             # locks no row that does not exist yet): once more, now locking that row.
-            return self._register(tenant_id, job_id, prepared, stored, metadata)
+            return self._register(tenant_id, job_id, prepared, stored, metadata, purpose)
 
-    def _register(self, tenant_id, job_id, prepared, stored, metadata) -> list[int]:
+    def _register(self, tenant_id, job_id, prepared, stored, metadata, purpose) -> list[int]:
         versions = [0] * len(prepared)
         with self.registry.session(lock=True) as s:
             s.add(Job(id=job_id, tenant_id=tenant_id, kind="ingest"))
@@ -82,7 +82,8 @@ class DocumentVersions:
                 p = prepared[i]
                 doc = s.get(Document, (tenant_id, p.document_id), with_for_update=True)
                 if doc is None:
-                    s.add(Document(tenant_id=tenant_id, id=p.document_id, state=LIVE))
+                    s.add(Document(tenant_id=tenant_id, id=p.document_id, state=LIVE,
+                                   purpose=purpose))
                     s.flush()
                 elif doc.state == DELETING:
                     doc.state = LIVE
@@ -269,15 +270,22 @@ class DocumentVersions:
         return {state: n for state, n in rows}
 
     def live_documents(
-        self, tenant_id: str, limit: int, after: str | None
+        self, tenant_id: str, limit: int, after: str | None, descending: bool = False,
+        purposes: tuple[str | None, ...] | None = None,
     ) -> tuple[list[tuple[Document, list[DocumentVersion]]], bool]:
-        """Up to `limit` live documents after `after` in id order, each with its versions
-        (newest first), and whether more follow."""
+        """Up to `limit` live documents after `after` in id order (`descending`: the other
+        way), each with its versions (newest first), and whether more follow. `purposes`:
+        only documents uploaded for one of them (None in it: through /v1/documents)."""
         with self.registry.session() as s:
             q = select(Document).where(Document.tenant_id == tenant_id, Document.state == LIVE)
+            if purposes is not None:
+                named = [p for p in purposes if p is not None]
+                q = q.where(or_(Document.purpose.in_(named), Document.purpose.is_(None))
+                            if None in purposes else Document.purpose.in_(named))
             if after:
-                q = q.where(Document.id > after)
-            docs = s.scalars(q.order_by(Document.id).limit(limit + 1)).all()
+                q = q.where(Document.id < after if descending else Document.id > after)
+            order = Document.id.desc() if descending else Document.id
+            docs = s.scalars(q.order_by(order).limit(limit + 1)).all()
             return [(d, _newest_first(s, d)) for d in docs[:limit]], len(docs) > limit
 
     def live_document(

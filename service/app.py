@@ -22,6 +22,8 @@ from core.observability import RequestContextMiddleware
 from core.registry.db import Registry
 from core.settings import Settings
 from ingest.documents import DocumentService
+from ingest.openai_files import FileService
+from ingest.openai_stores import VectorStores
 from ingest.retrieval import Retriever
 from service.advisor import Advisor
 from service.chat import ChatService
@@ -33,6 +35,7 @@ from service.evaluations.store import EvaluationStore
 from service.http_errors import install_error_handlers
 from service.limits import RateLimiter
 from service.path_router import PathRouter
+from service.responses import ResponsesService
 from service.routes import (
     adapters,
     admin,
@@ -42,8 +45,11 @@ from service.routes import (
     documents,
     embeddings,
     evaluations,
+    files,
     health,
+    responses,
     tenants,
+    vector_stores,
 )
 from service.state import State, resolve_admin_key
 from service.tenants import TenantService
@@ -142,6 +148,9 @@ def create_app(settings: Settings) -> FastAPI:
 
             supervisor.on_change = _on_engine_change
         state.embedder = embedder
+        state.files = FileService(docs)
+        state.vector_stores = VectorStores(registry, docs)
+        state.responses = ResponsesService(state.chat, state.vector_stores)
         state.evaluations = EvaluationService(
             eval_store, adapter_service, settings.evaluations, settings.limits
         )
@@ -194,6 +203,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(evaluations.router)
     app.include_router(admin.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
+    app.include_router(files.router)
+    app.include_router(vector_stores.router)
     console.mount(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -208,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.limits.max_request_bytes,
         body_limits={
             "/v1/documents": settings.documents.max_upload_bytes,
+            "/v1/files": settings.documents.max_upload_bytes,
             "/v1/adapters": settings.adapters.max_archive_bytes + (1 << 20),
         },
     )

@@ -148,16 +148,19 @@ class ChatService:
                 raise
 
     async def prepare(
-        self, tenant: TenantView, req: ChatRequest, pinned: ServedAdapter | None = None
+        self, tenant: TenantView, req: ChatRequest, pinned: ServedAdapter | None = None,
+        documents: frozenset[str] | None = None, policy: Policy | None = None,
     ) -> Prepared:
         """Decide the path, retrieve where it needs it, and build the engine request.
-        `pinned`: a given adapter version instead of the one `req.model` names (evaluations)."""
+        `pinned`: a given adapter version instead of the one `req.model` names (evaluations);
+        `documents`: retrieval only over these (a file_search tool's vector stores), and the
+        request asks for retrieval; `policy`: the tenant's, with the request's overrides."""
         max_tokens = self._check_limits(req)
-        policy = tenant.policy
+        policy = policy or tenant.policy
         await self.admit(tenant)
         named = pinned or await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
-            tenant.id, policy, _last_user_text(req.messages), req.route, named
+            tenant.id, policy, _last_user_text(req.messages), req.route, named, documents
         )
         body: dict[str, Any] = {
             "model": routed.adapter.engine_name if routed.adapter else self.base_model,
@@ -246,9 +249,10 @@ class ChatService:
         if self.limiter is not None and policy.tokens_per_day:
             await asyncio.to_thread(self.limiter.spend_tokens, tenant_id, policy, tokens)
 
-    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
-        """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].
-        A failure after the first byte ends the stream with an error event, never a silent cut."""
+    async def chunks(self, p: Prepared) -> AsyncIterator[dict]:
+        """The engine's `chat.completion.chunk`s, the first one carrying route and citations,
+        the last one the usage (counted here). Raises APIError when the engine fails, before
+        the first chunk or after it."""
         body = {**p.body, "stream": True, "stream_options": {"include_usage": True}}
         path = p.decision.path
         started = time.perf_counter()
@@ -275,9 +279,7 @@ class ChatService:
                             usage = chunk.get("usage")
                             if usage and not chunk.get("choices"):
                                 await self._count_usage(p, usage)
-                                if not include_usage:
-                                    continue
-                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                            yield chunk
                     break
                 except ModelNotLoaded:
                     if p.adapter is None or attempt == 2 or not first:
@@ -285,11 +287,24 @@ class ChatService:
                     await self._reroute_adapter(p)
         except APIError as exc:
             status = f"{exc.status // 100}xx"
-            if first:
-                raise
-            yield b"data: " + orjson.dumps(error_body(exc.message, exc.type, exc.code)) + b"\n\n"
+            raise
         finally:
             self.metrics.observe_chat(path, status, time.perf_counter() - started)
+
+    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
+        """SSE bytes: vLLM's chunks, the first one carrying route and citations, then [DONE].
+        A failure after the first byte ends the stream with an error event, never a silent cut."""
+        started = False
+        try:
+            async for chunk in self.chunks(p):
+                started = True
+                if chunk.get("usage") and not chunk.get("choices") and not include_usage:
+                    continue
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        except APIError as exc:
+            if not started:
+                raise
+            yield b"data: " + orjson.dumps(error_body(exc.message, exc.type, exc.code)) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def models(self, tenant_id: str, created: int) -> dict:

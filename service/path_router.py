@@ -154,11 +154,14 @@ class PathRouter:
 
     async def route(
         self, tenant_id: str, policy: Policy, query: str, forced: str | None,
-        named: ServedAdapter | None,
+        named: ServedAdapter | None, documents: frozenset[str] | None = None,
     ) -> Routed:
+        """`documents`: a file_search tool's scope (its vector stores' documents). Retrieval
+        reads only those, and the request asks for retrieval: a path the policy would take
+        without it (prompt) becomes rag."""
         started = time.perf_counter()
         steps: dict[str, float] = {}
-        routed = await self._route(tenant_id, policy, query, forced, named, steps)
+        routed = await self._route(tenant_id, policy, query, forced, named, steps, documents)
         routed.seconds = time.perf_counter() - started
         routed.steps = steps
         self.metrics.observe_decision(routed.decision.path, routed.decision.kind, routed.seconds)
@@ -167,10 +170,13 @@ class PathRouter:
     async def _route(
         self, tenant_id: str, policy: Policy, query: str, forced: str | None,
         named: ServedAdapter | None, steps: dict[str, float],
+        documents: frozenset[str] | None = None,
     ) -> Routed:
         wanted = "adapter_rag" if named is not None else requested_path(policy, forced)
         why = _why(wanted, forced, named)
         kind = "named_adapter" if named is not None else "forced" if forced else "policy_mode"
+        if wanted == "prompt" and documents is not None:
+            wanted, why, kind = _file_search_path(policy, forced)
         if wanted == "prompt":
             return Routed(RouteDecision("prompt", why, kind=kind))
         with_adapters = (
@@ -179,7 +185,7 @@ class PathRouter:
         # One hop to a worker thread for every blocking step (registry reads, the query's
         # embedding, the search): each hop waits for the event loop, which is busy under load.
         sig = await asyncio.to_thread(
-            self._signals, tenant_id, query, policy, with_adapters, named, steps
+            self._signals, tenant_id, query, policy, with_adapters, named, steps, documents
         )
         if sig.down is not None and policy.on_retrieval_error == "fail":
             raise sig.down
@@ -194,6 +200,12 @@ class PathRouter:
             decision = decide_auto(policy, top, found, sig.floor)
             if decision.path == "adapter_rag":
                 adapter = match[0]
+            elif decision.path == "prompt" and documents is not None:
+                decision.path, decision.kind = "rag", "file_search"
+                decision.reason += (
+                    "; the request's file_search tool asks for retrieval, so the rag path "
+                    "answers with what of its vector stores clears the floor"
+                )
         else:
             if wanted == "adapter_rag" and adapter is None:
                 adapter, why = _pick_adapter(policy, candidates, match, why)
@@ -213,7 +225,7 @@ class PathRouter:
             # for prompt and rag, which keep exactly the policy's retrieval.)
             try:
                 retrieval = await asyncio.to_thread(
-                    self._search_wider, tenant_id, query, plan.top_k, sig, steps
+                    self._search_wider, tenant_id, query, plan.top_k, sig, steps, documents
                 )
             except RetrievalUnavailable as exc:
                 if policy.on_retrieval_error == "fail":
@@ -223,12 +235,14 @@ class PathRouter:
         return self._with_context(decision, adapter, plan, retrieval)
 
     def _search_wider(
-        self, tenant_id: str, query: str, top_k: int, sig: Signals, steps: dict[str, float]
+        self, tenant_id: str, query: str, top_k: int, sig: Signals, steps: dict[str, float],
+        documents: frozenset[str] | None = None,
     ) -> Retrieval:
         """Sync (a worker thread): the search again with `top_k`, reusing what the signals'
         search was given; its seconds are added to the steps the first one counted."""
         more: dict[str, float] = {}
-        retrieval = self.retriever.retrieve(tenant_id, query, top_k, sig.hidden, sig.vector, more)
+        retrieval = self.retriever.retrieve(tenant_id, query, top_k, sig.hidden, sig.vector, more,
+                                            documents)
         for name, seconds in more.items():
             steps[name] = steps.get(name, 0.0) + seconds
         return retrieval
@@ -236,6 +250,7 @@ class PathRouter:
     def _signals(
         self, tenant_id: str, query: str, policy: Policy, with_adapters: bool,
         named: ServedAdapter | None, steps: dict[str, float],
+        documents: frozenset[str] | None = None,
     ) -> Signals:
         """Sync (a worker thread). One registry transaction reads the tenant's adapters and
         what of its knowledge base is readable; then the query is embedded once, and only when
@@ -263,7 +278,8 @@ class PathRouter:
         match = (best_match(vector, candidates, self.names.named_in(query, candidates))
                  if vector is not None else None)
         try:
-            retrieval = self.retriever.retrieve(tenant_id, query, top_k, hidden, vector, steps)
+            retrieval = self.retriever.retrieve(tenant_id, query, top_k, hidden, vector, steps,
+                                                documents)
             floor = None
             if policy.min_score is None and hidden is not None:
                 started = time.perf_counter()
@@ -352,6 +368,27 @@ def _degraded(decision: RouteDecision, adapter, exc: RetrievalUnavailable) -> Ro
         "as the tenant's policy allows"
     )
     return Routed(RouteDecision("prompt", reason, signals=decision.signals, kind="degraded"))
+
+
+def _file_search_path(policy: Policy, forced: str | None) -> tuple[str, str, str]:
+    """A file_search tool where the request or the policy says prompt: the tool asks for
+    retrieval, so rag, where the policy lets a request choose it."""
+    if forced == "prompt":
+        raise InvalidRequest(
+            "route 'prompt' answers without retrieval, and the request's file_search tool asks "
+            "for it: drop one of the two",
+            code="route_conflicts_with_file_search",
+            param="route",
+        )
+    if "rag" not in policy.allow_route_override:
+        raise InvalidRequest(
+            "this tenant's policy answers on the prompt path and does not let a request choose "
+            "rag, which the file_search tool needs",
+            code="route_not_allowed",
+            param="tools",
+        )
+    return ("rag", "the request's file_search tool asks for retrieval (the tenant's policy "
+            "mode is 'prompt', and it lets a request choose rag)", "file_search")
 
 
 def _why(wanted: str, forced: str | None, named: ServedAdapter | None) -> str:

@@ -73,7 +73,7 @@ class RouteDecision:
     adapter: str | None = None
     signals: dict[str, float | str | None] = field(default_factory=dict)
     # What decided it, for machines and metrics: forced | policy_mode | named_adapter |
-    # auto_adapter | auto_knowledge | auto_no_match | auto_empty | degraded
+    # auto_adapter | auto_knowledge | auto_no_match | auto_empty | degraded | file_search
     kind: str = "policy_mode"
 
     def as_dict(self) -> dict:

@@ -46,6 +46,9 @@ class State:
     evaluation_runner: Any = None  # its runner, when this process runs evaluations
     gates: Any = None  # service.evaluations.gate.AdapterGates
     embedder: Any = None  # ingest.embedding.Embedder: the served embedding model
+    files: Any = None  # ingest.openai_files.FileService: OpenAI's files over the documents
+    vector_stores: Any = None  # ingest.openai_stores.VectorStores
+    responses: Any = None  # service.responses.ResponsesService
 
     def wake_evaluations(self) -> None:
         if self.evaluation_runner is not None:

@@ -63,6 +63,9 @@ class Document(Base):
     current_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # live | deleting: a deleting document is hidden from readers while its points go.
     state: Mapped[str] = mapped_column(String(16), default="live")
+    # The purpose it was uploaded for through /v1/files (assistants | user_data); None: uploaded
+    # through /v1/documents.
+    purpose: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -268,4 +271,44 @@ class EvalResult(Base):
     engine_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VectorStore(Base):
+    """An OpenAI vector store: a named set of the tenant's documents (VectorStoreFile rows).
+    The documents and their chunks are the knowledge base's own; a store only names a subset.
+    `expires_after_days`: with it, the store expires that many days after it was last used."""
+
+    __tablename__ = "vector_stores"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(256), default="")
+    meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    expires_after_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VectorStoreFile(Base):
+    """A document in a vector store. Deleting the document (or the store) deletes the row."""
+
+    __tablename__ = "vector_store_files"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "document_id"],
+            ["documents.tenant_id", "documents.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_vector_store_files_document", "tenant_id", "document_id"),
+    )
+
+    vector_store_id: Mapped[str] = mapped_column(
+        ForeignKey("vector_stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    document_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

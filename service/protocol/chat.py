@@ -62,7 +62,8 @@ class RouteInfo(ResponseBody):
     reason: str
     reason_kind: str = Field(
         description="forced | policy_mode | named_adapter | auto_adapter | auto_knowledge | "
-        "auto_no_match | auto_empty | degraded"
+        "auto_no_match | auto_empty | degraded | file_search (the request's file_search tool "
+        "asked for retrieval where the policy would have answered without)"
     )
     adapter: str | None = Field(description="name@version of the adapter that serves, if any")
     # int before float: a count (`chunks`) stays an integer on its way through the model.

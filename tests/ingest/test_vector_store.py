@@ -209,6 +209,30 @@ def test_exclude_hides_exactly_the_given_versions(store: ChunkStore) -> None:
     }
 
 
+def test_documents_keeps_only_those_documents_chunks(store: ChunkStore) -> None:
+    """A vector store's search: only chunks of the given documents, of this tenant, under the
+    same exclude, dense and hybrid alike; an empty set finds nothing."""
+    rng = np.random.default_rng(4)
+    store.upsert(make_chunks("acme", "policy", 1, unit(rng, 4), text="policy terms"))
+    store.upsert(make_chunks("acme", "policy", 2, unit(rng, 4), text="policy terms"))
+    store.upsert(make_chunks("acme", "faq", 1, unit(rng, 4), text="faq terms"))
+    store.upsert(make_chunks("other", "policy", 1, unit(rng, 4), text="policy terms"))
+    q = unit(rng)[0].tolist()
+
+    def found(**kw) -> set[tuple[str, int]]:
+        hits = store.search("acme", q, 20, **kw)
+        return {(h.document_id, h.version) for h in hits}
+
+    for text in (None, "policy terms faq"):
+        assert found(text=text, documents={"faq"}) == {("faq", 1)}
+        assert found(text=text, documents=["policy", "faq", "missing"]) == {
+            ("policy", 1), ("policy", 2), ("faq", 1)}
+        assert found(text=text, documents={"policy"}, exclude={("policy", 1)}) == {("policy", 2)}
+        assert found(text=text, documents=set()) == set()
+        assert found(text=text, documents={"missing"}) == set()
+    assert store.search("acme", q, 20, documents=set()).top_score is None
+
+
 def test_delete_version_and_delete_document(store: ChunkStore) -> None:
     rng = np.random.default_rng(4)
     store.upsert(make_chunks("acme", "policy", 1, unit(rng, 5)))

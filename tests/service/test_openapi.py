@@ -10,7 +10,8 @@ import time
 
 from jsonschema import Draft202012Validator
 
-NOT_JSON = {("GET", "/metrics"), ("GET", "/v1/evaluations/{evaluation_id}/items")}  # text, JSONL
+NOT_JSON = {("GET", "/metrics"), ("GET", "/v1/evaluations/{evaluation_id}/items"),  # text, JSONL
+            ("GET", "/v1/files/{file_id}/content")}  # the file as uploaded
 
 
 def _json_success(op: dict) -> tuple[str, dict] | None:
@@ -126,3 +127,50 @@ def test_success_bodies_match_their_declared_schemas(client, admin, fake_engine)
         fake_engine.healthy = True
     assert r.status_code == 503, r.text
     doc.check("GET", "/readyz", r)
+
+
+def test_the_openai_surfaces_bodies_match_their_declared_schemas(client, tenant):
+    doc = Document(client.get("/openapi.json").json())
+    _, key = tenant
+    made = client.post("/v1/files", headers=key, data={"purpose": "assistants"},
+                       files={"file": ("a.txt", b"The harbour office door code is QX-7731.")})
+    doc.check("POST", "/v1/files", made)
+    file_id = made.json()["id"]
+    doc.check("GET", "/v1/files", client.get("/v1/files", headers=key))
+    doc.check("GET", "/v1/files/{file_id}", client.get(f"/v1/files/{file_id}", headers=key))
+    vs = client.post("/v1/vector_stores", headers=key,
+                     json={"name": "kb", "metadata": {"team": "ops"},
+                           "expires_after": {"anchor": "last_active_at", "days": 7}})
+    doc.check("POST", "/v1/vector_stores", vs)
+    vs_id = vs.json()["id"]
+    at = f"/v1/vector_stores/{vs_id}"
+    doc.check("POST", "/v1/vector_stores/{vector_store_id}/files",
+              client.post(f"{at}/files", headers=key,
+                          json={"file_id": file_id, "attributes": {"year": 2026}}))
+    deadline = time.monotonic() + 60
+    while client.get(f"{at}/files/{file_id}", headers=key).json()["status"] == "in_progress":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    doc.check("GET", "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+              client.get(f"{at}/files/{file_id}", headers=key))
+    doc.check("POST", "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+              client.post(f"{at}/files/{file_id}", headers=key, json={"attributes": {"a": "b"}}))
+    doc.check("GET", "/v1/vector_stores/{vector_store_id}/files",
+              client.get(f"{at}/files", headers=key))
+    doc.check("GET", "/v1/vector_stores", client.get("/v1/vector_stores", headers=key))
+    doc.check("GET", "/v1/vector_stores/{vector_store_id}", client.get(at, headers=key))
+    doc.check("POST", "/v1/vector_stores/{vector_store_id}",
+              client.post(at, headers=key, json={"name": "renamed"}))
+    doc.check("POST", "/v1/vector_stores/{vector_store_id}/search",
+              client.post(f"{at}/search", headers=key, json={"query": "door code"}))
+    tools = [{"type": "file_search", "vector_store_ids": [vs_id]}]
+    doc.check("POST", "/v1/responses",
+              client.post("/v1/responses", headers=key,
+                          json={"input": "What is the door code?", "tools": tools,
+                                "include": ["file_search_call.results"]}))
+    doc.check("POST", "/v1/embeddings", client.post("/v1/embeddings", headers=key,
+                                                    json={"input": "x"}))
+    doc.check("DELETE", "/v1/vector_stores/{vector_store_id}/files/{file_id}",
+              client.delete(f"{at}/files/{file_id}", headers=key))
+    doc.check("DELETE", "/v1/vector_stores/{vector_store_id}", client.delete(at, headers=key))
+    doc.check("DELETE", "/v1/files/{file_id}", client.delete(f"/v1/files/{file_id}", headers=key))

@@ -1,0 +1,35 @@
+"""POST /v1/responses: OpenAI Responses over the chat flow (service/responses.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import StreamingResponse
+
+from service.http_errors import ORJSONResponse
+from service.protocol.responses import ResponseObject, ResponsesRequest
+from service.responses import first_chunk
+from service.routes import JSONRoute
+from service.state import AppState, CurrentTenant
+
+router = APIRouter(prefix="/v1", tags=["responses"], route_class=JSONRoute)
+
+
+@router.post(
+    "/responses",
+    response_model=ResponseObject,
+    responses={200: {"description": "A `response`, or with `stream` its SSE events",
+                     "content": {"application/json": {}, "text/event-stream": {}}}},
+)
+async def create_response(body: ResponsesRequest, tenant: CurrentTenant, state: AppState):
+    turn = await state.responses.prepare(tenant, body)
+    headers = {"X-Route": turn.prepared.decision.path}
+    if not body.stream:
+        out = await state.responses.complete(turn)
+        headers["Server-Timing"] = turn.prepared.server_timing()
+        return ORJSONResponse(out, headers=headers)
+    chunks = state.chat.chunks(turn.prepared)
+    first = await first_chunk(chunks)
+    headers["Cache-Control"] = "no-cache"
+    headers["Server-Timing"] = turn.prepared.server_timing()
+    return StreamingResponse(state.responses.events(turn, first, chunks),
+                             media_type="text/event-stream", headers=headers)
