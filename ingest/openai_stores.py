@@ -254,7 +254,7 @@ class VectorStores:
         attributes: dict[str, dict] = {}
         with self.registry.session() as s:
             for vs_id in dict.fromkeys(vs_ids):
-                vs = self._store(s, tenant_id, vs_id)
+                vs = self._store(s, tenant_id, vs_id, param)
                 if _expired(vs):
                     raise InvalidRequest(
                         f"vector store {vs_id} expired: it was unused for "
@@ -296,12 +296,13 @@ class VectorStores:
         }
 
     # ---- rows -----------------------------------------------------------------------------
-    def _store(self, s, tenant_id: str, vs_id: str) -> VectorStore:
+    def _store(self, s, tenant_id: str, vs_id: str, param: str = "vector_store_id"
+               ) -> VectorStore:
         vs = s.get(VectorStore, vs_id) if isinstance(vs_id, str) else None
         if vs is None or vs.tenant_id != tenant_id:
             # Another tenant's store is exactly as unknown as one nobody made.
             raise NotFound(f"No vector store found with id '{str(vs_id)[:80]}'.",
-                           code="vector_store_not_found", param="vector_store_id")
+                           code="vector_store_not_found", param=param)
         return vs
 
     def _require_document(self, s, tenant_id: str, file_id: str, param: str) -> None:

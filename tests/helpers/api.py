@@ -58,3 +58,19 @@ def indexed(client, headers, name, content, **data) -> dict:
     job = wait_job(client, headers, body["job_id"])
     assert job["state"] == "succeeded", job
     return job
+
+
+def sdk(client, headers):
+    """The official `openai` client, unchanged, over the in-process app (`client`: the
+    TestClient, an httpx client)."""
+    import openai
+
+    key = headers["Authorization"].split()[1]
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=client,
+                         max_retries=0)
+
+
+def polled(oc, vs_id: str, file_id: str, **attributes):
+    """Attach a file to a vector store and wait until it is indexed (the SDK's own helper)."""
+    return oc.vector_stores.files.create_and_poll(vector_store_id=vs_id, file_id=file_id,
+                                                  poll_interval_ms=50, **attributes)

@@ -81,6 +81,23 @@ AUTH = {
     ("GET", "/v1/evaluations"): "tenant",
     ("GET", "/v1/evaluations/{evaluation_id}"): "tenant",
     ("GET", "/v1/evaluations/{evaluation_id}/items"): "tenant",
+    ("POST", "/v1/responses"): "tenant",
+    ("POST", "/v1/files"): "tenant",
+    ("GET", "/v1/files"): "tenant",
+    ("GET", "/v1/files/{file_id}"): "tenant",
+    ("GET", "/v1/files/{file_id}/content"): "tenant",
+    ("DELETE", "/v1/files/{file_id}"): "tenant",
+    ("POST", "/v1/vector_stores"): "tenant",
+    ("GET", "/v1/vector_stores"): "tenant",
+    ("GET", "/v1/vector_stores/{vector_store_id}"): "tenant",
+    ("POST", "/v1/vector_stores/{vector_store_id}"): "tenant",
+    ("DELETE", "/v1/vector_stores/{vector_store_id}"): "tenant",
+    ("POST", "/v1/vector_stores/{vector_store_id}/files"): "tenant",
+    ("GET", "/v1/vector_stores/{vector_store_id}/files"): "tenant",
+    ("GET", "/v1/vector_stores/{vector_store_id}/files/{file_id}"): "tenant",
+    ("POST", "/v1/vector_stores/{vector_store_id}/files/{file_id}"): "tenant",
+    ("DELETE", "/v1/vector_stores/{vector_store_id}/files/{file_id}"): "tenant",
+    ("POST", "/v1/vector_stores/{vector_store_id}/search"): "tenant",
 }
 
 
@@ -114,9 +131,12 @@ def env(tmp_path_factory) -> Iterator[Env]:
                                               "checks": {"contains": ["45"]}}]}).json()["id"]
             evaluation = client.post("/v1/evaluations", headers=headers, json={
                 "eval_set": eval_set, "arms": ["prompt"], "max_tokens": 8}).json()["id"]
+            store = client.post("/v1/vector_stores", headers=headers,
+                                json={"name": "kb", "file_ids": ["refunds"]}).json()["id"]
             yield Env(client, headers, {"document_id": "refunds", "job_id": job_id,
                                         "name": "warelang", "tenant_id": victim,
-                                        "set_id": eval_set, "evaluation_id": evaluation})
+                                        "set_id": eval_set, "evaluation_id": evaluation,
+                                        "file_id": "refunds", "vector_store_id": store})
     finally:
         engine.stop()
 
@@ -185,6 +205,13 @@ EXISTING = {
     ("GET", "/v1/tenants/{tenant_id}"), ("PATCH", "/v1/tenants/{tenant_id}"),
     ("GET", "/v1/eval-sets/{set_id}"), ("GET", "/v1/evaluations/{evaluation_id}"),
     ("GET", "/v1/evaluations/{evaluation_id}/items"),
+    ("GET", "/v1/files/{file_id}"), ("GET", "/v1/files/{file_id}/content"),
+    ("GET", "/v1/vector_stores/{vector_store_id}"), ("POST", "/v1/vector_stores/{vector_store_id}"),
+    ("POST", "/v1/vector_stores/{vector_store_id}/files"),
+    ("GET", "/v1/vector_stores/{vector_store_id}/files"),
+    ("GET", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
+    ("POST", "/v1/vector_stores/{vector_store_id}/files/{file_id}"),
+    ("POST", "/v1/vector_stores/{vector_store_id}/search"),
 }
 
 

@@ -45,10 +45,11 @@ class World:
     b: dict[str, str]
     job_id: str  # A's ingest job
     tmp: object
+    vs: str  # A's vector store, holding A's document
 
     def ids(self) -> dict[str, str]:
         return {"doc": "nimbus", "job": self.job_id, "adapter": "warelang", "a": self.a_id,
-                "b": self.b_id}
+                "b": self.b_id, "vs": self.vs}
 
 
 def index(client, headers, name: str, text: str) -> str:
@@ -79,7 +80,9 @@ def world(tmp_path_factory) -> Iterator[World]:
             register(client, a, tmp, "warelang", "v1")
             register(client, a, tmp, "warelang", "v2", rank=4)
             index(client, b, "plants.txt", B_TEXT)
-            yield World(client, engine, a_id, a, b_id, b, job_id, tmp)
+            vs = client.post("/v1/vector_stores", headers=a,
+                             json={"name": "nimbus", "file_ids": ["nimbus"]}).json()["id"]
+            yield World(client, engine, a_id, a, b_id, b, job_id, tmp, vs)
     finally:
         engine.stop()
 
@@ -92,6 +95,8 @@ def a_is_untouched(w: World) -> None:
     assert adapter["version"] == 2, adapter  # nobody rolled it back or deleted it
     assert c.get("/v1/me", headers=w.a).json()["id"] == w.a_id  # A's key still works
     assert c.get(f"/v1/tenants/{w.a_id}", headers=ADMIN).json()["policy"]["mode"] == "auto"
+    store = c.get(f"/v1/vector_stores/{w.vs}", headers=w.a).json()
+    assert (store["name"], store["file_counts"]["total"]) == ("nimbus", 1), store
     out = c.post(CHAT, headers=w.a, json={"model": "warelang",
                                           "messages": [{"role": "user", "content": "hi"}]})
     assert out.status_code == 200 and out.json()["route"]["adapter"] == "warelang@2", out.text
@@ -117,6 +122,36 @@ ROWS = [
     ("force adapter_rag with A's adapter", "POST", CHAT,
      {"json": {"model": "{adapter}", "route": "adapter_rag",
                "messages": [{"role": "user", "content": "hi"}]}}, 404, "model_not_found"),
+    ("get A's file", "GET", "/v1/files/{doc}", {}, 404, "file_not_found"),
+    ("read A's file", "GET", "/v1/files/{doc}/content", {}, 404, "file_not_found"),
+    ("delete A's file", "DELETE", "/v1/files/{doc}", {}, 404, "file_not_found"),
+    ("get A's vector store", "GET", "/v1/vector_stores/{vs}", {}, 404, "vector_store_not_found"),
+    ("rename A's vector store", "POST", "/v1/vector_stores/{vs}", {"json": {"name": "mine"}},
+     404, "vector_store_not_found"),
+    ("delete A's vector store", "DELETE", "/v1/vector_stores/{vs}", {}, 404,
+     "vector_store_not_found"),
+    ("list A's store's files", "GET", "/v1/vector_stores/{vs}/files", {}, 404,
+     "vector_store_not_found"),
+    ("get A's store file", "GET", "/v1/vector_stores/{vs}/files/{doc}", {}, 404,
+     "vector_store_not_found"),
+    ("set A's store file's attributes", "POST", "/v1/vector_stores/{vs}/files/{doc}",
+     {"json": {"attributes": {"a": "b"}}}, 404, "vector_store_not_found"),
+    ("remove A's file from A's store", "DELETE", "/v1/vector_stores/{vs}/files/{doc}", {}, 404,
+     "vector_store_not_found"),
+    ("attach B's file to A's store", "POST", "/v1/vector_stores/{vs}/files",
+     {"json": {"file_id": "plants"}}, 404, "vector_store_not_found"),
+    ("search A's store", "POST", "/v1/vector_stores/{vs}/search", {"json": {"query": A_QUESTION}},
+     404, "vector_store_not_found"),
+    ("make a store of A's file", "POST", "/v1/vector_stores", {"json": {"file_ids": ["{doc}"]}},
+     404, "file_not_found"),
+    ("file_search A's store", "POST", "/v1/responses",
+     {"json": {"input": A_QUESTION,
+               "tools": [{"type": "file_search", "vector_store_ids": ["{vs}"]}]}}, 404,
+     "vector_store_not_found"),
+    ("file_search A's store, streamed", "POST", "/v1/responses",
+     {"json": {"input": A_QUESTION, "stream": True,
+               "tools": [{"type": "file_search", "vector_store_ids": ["{vs}"]}]}}, 404,
+     "vector_store_not_found"),
     ("get tenant A", "GET", "/v1/tenants/{a}", {}, 403, "admin_key_required"),
     ("list the tenants", "GET", "/v1/tenants", {}, 403, "admin_key_required"),
     ("the operators' status", "GET", "/v1/admin/status", {}, 403, "admin_key_required"),
@@ -190,6 +225,22 @@ def test_b_never_cites_a(world: World, extra):
         assert "warelang" not in req["model"] and world.a_id not in req["model"]
 
 
+def test_b_file_search_never_reads_a(world: World):
+    """B's own store, asked A's exact sentence through Responses: only B's document is read."""
+    c = world.client
+    vs = c.post("/v1/vector_stores", headers=world.b, json={"file_ids": ["plants"]}).json()["id"]
+    world.engine.requests.clear()
+    r = c.post("/v1/responses", headers=world.b, json={
+        "input": A_TEXT, "include": ["file_search_call.results"],
+        "tools": [{"type": "file_search", "vector_store_ids": [vs]}]})
+    assert r.status_code == 200, r.text
+    assert "7741-ALPHA" not in json.dumps(r.json()["output"][0]["results"])
+    assert {c["document_id"] for c in r.json()["citations"]} <= {"plants"}
+    for req in world.engine.requests:
+        context = [m for m in req["messages"] if m["role"] != "user"]
+        assert "7741-ALPHA" not in json.dumps(context) and "Hangar" not in json.dumps(context)
+
+
 def test_b_never_cites_a_streamed(world: World):
     with world.client.stream("POST", CHAT, headers=world.b, json={
             "messages": [{"role": "user", "content": A_QUESTION}], "stream": True,
@@ -232,6 +283,9 @@ def test_lists_show_only_ones_own(world: World):
         page = c.get("/v1/documents", headers=world.b, params={"after": after}).json()["data"]
         assert "nimbus" not in [d["document_id"] for d in page]
     assert c.get("/v1/me", headers=world.b).json()["id"] == world.b_id
+    assert [x["id"] for x in c.get("/v1/files", headers=world.b).json()["data"]] == ["plants"]
+    stores = c.get("/v1/vector_stores", headers=world.b).json()["data"]
+    assert world.vs not in [x["id"] for x in stores]
     # and A's lists do show A's
     assert [m["id"] for m in c.get("/v1/models", headers=world.a).json()["data"]] == [
         BASE, "warelang"]
