@@ -1,6 +1,6 @@
 """Which adapter a chat goes to, against fake engines: `auto` takes the adapter whose examples match
 (and the examples of a name registered again after a delete), and a policy in adapter_rag mode
-uses the policy's adapter."""
+uses the policy's adapter; Responses name adapters as chat does."""
 
 from __future__ import annotations
 
@@ -78,3 +78,29 @@ def test_a_query_naming_the_adapter_takes_it_whatever_its_examples(client, tmp_p
     assert "names adapter warelang@1" in route["reason"]
     other = chat(client, headers, "Translate into French: count the sheep daily").json()["route"]
     assert other["path"] == "prompt" and other["signals"]["adapter_named"] is False, other
+
+
+def test_responses_name_an_adapter_as_chat_does_and_file_search_gives_it_the_store(
+    client, tmp_path
+):
+    """The hybrid path through Responses: `model` = the adapter, and file_search's passages
+    reach it (the fake engine tags an adapter's answers and echoes what it was given)."""
+    from tests.helpers.api import polled, sdk
+
+    _, headers = new_tenant(client)
+    assert register(client, headers, archive(tmp_path)).status_code == 201
+    oc = sdk(client, headers)
+    f = oc.files.create(file=("zones.txt", b"Frozen goods are picked from zone FZ9 only."),
+                        purpose="assistants")
+    vs = oc.vector_stores.create(name="zones")
+    polled(oc, vs.id, f.id)
+    r = oc.responses.create(model="warelang", input="Which zone are frozen goods picked from?",
+                            tools=[{"type": "file_search", "vector_store_ids": [vs.id]}])
+    route = r.model_extra["route"]
+    assert (route["path"], route["adapter"], r.model) == ("adapter_rag", "warelang@1", "warelang")
+    assert r.output_text.startswith("echo[") and "--warelang--v1]" in r.output_text
+    assert "FZ9" in r.output_text
+    assert r.output[-1].content[0].annotations[0].file_id == f.id
+    # The base model by name: the policy decides, as `auto` does.
+    r = oc.responses.create(model="HuggingFaceTB/SmolLM2-135M-Instruct", input="hello")
+    assert r.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
