@@ -4,7 +4,7 @@ import asyncio
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from core.errors import InvalidRequest, PayloadTooLarge
@@ -22,21 +22,25 @@ from service.state import AppState, CurrentTenant
 router = APIRouter(prefix="/v1", tags=["documents"], route_class=JSONRoute)
 
 
-async def _read_upload(request: Request, state) -> tuple[list[Upload], str | None, dict | None]:
-    lim = state.documents.limits
+async def read_multipart(request: Request, what: str, max_files: int, max_fields: int,
+                         max_part_size: int) -> FormData:
+    """The multipart form of an upload (`what`: what to send, for the error); the caller
+    closes it."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest(
-            "send documents as multipart/form-data with one or more 'file' parts",
-            code="invalid_content_type",
-        )
+        raise InvalidRequest(f"send {what} as multipart/form-data", code="invalid_content_type")
     try:
-        form = await request.form(
-            max_files=lim.max_files + 1, max_fields=16, max_part_size=lim.max_metadata_bytes
-        )
+        return await request.form(max_files=max_files, max_fields=max_fields,
+                                  max_part_size=max_part_size)
     except PayloadTooLarge:
         raise
     except Exception as exc:  # starlette's MultiPartException and friends
         raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+
+
+async def _read_upload(request: Request, state) -> tuple[list[Upload], str | None, dict | None]:
+    lim = state.documents.limits
+    form = await read_multipart(request, "documents with one or more 'file' parts",
+                                lim.max_files + 1, 16, lim.max_metadata_bytes)
     try:
         files = []
         for part in form.getlist("file"):

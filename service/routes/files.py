@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import FileResponse
 
-from core.errors import InvalidRequest, PayloadTooLarge
+from core.errors import InvalidRequest
 from ingest.uploads import Upload
 from service.protocol.files import UPLOAD_FILE_BODY, FileDeleted, FileList, FileObject
 from service.routes import JSONRoute
+from service.routes.documents import read_multipart
 from service.state import AppState, CurrentTenant
 
 router = APIRouter(prefix="/v1", tags=["files"], route_class=JSONRoute)
@@ -21,15 +22,8 @@ router = APIRouter(prefix="/v1", tags=["files"], route_class=JSONRoute)
 
 async def _read_file(request: Request, state) -> tuple[Upload, str]:
     lim = state.documents.limits
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidRequest("send the file as multipart/form-data with 'file' and 'purpose'",
-                             code="invalid_content_type")
-    try:
-        form = await request.form(max_files=2, max_fields=8, max_part_size=lim.max_metadata_bytes)
-    except PayloadTooLarge:
-        raise
-    except Exception as exc:  # starlette's MultiPartException and friends
-        raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+    form = await read_multipart(request, "the file with 'file' and 'purpose'", 2, 8,
+                                lim.max_metadata_bytes)
     try:
         parts = form.getlist("file")
         if len(parts) != 1 or not isinstance(parts[0], UploadFile):
