@@ -216,3 +216,26 @@ def test_an_expired_store_says_so_and_cannot_be_searched(client, tenant):
     # Changing its expiry makes it live again, counted from now.
     assert oc.vector_stores.update(vs.id, expires_after={"anchor": "last_active_at",
                                                          "days": 3}).status == "completed"
+
+
+def test_a_file_whose_indexing_fails_is_failed_in_its_store(client, tenant, monkeypatch):
+    _, headers = tenant
+    oc = sdk(client, headers)
+    worker = client.app.state.ragtune.worker
+    monkeypatch.setattr(worker, "settings", worker.settings.model_copy(update={"backoff_s": 0.01}))
+
+    def on_fire(*args, **kwargs):
+        raise RuntimeError("embedder on fire")
+
+    monkeypatch.setattr(worker.pipeline, "run", on_fire)
+    f = oc.files.create(file=("harbour.txt", HARBOUR), purpose="assistants")
+    vs = oc.vector_stores.create(name="x")
+    vf = polled(oc, vs.id, f.id)
+    assert vf.status == "failed" and vf.last_error.code == "server_error"
+    assert "embedder on fire" in vf.last_error.message
+    got = oc.vector_stores.retrieve(vs.id)
+    assert (got.file_counts.failed, got.file_counts.total, got.status) == (1, 1, "completed")
+    assert oc.files.retrieve(f.id).status == "error"
+    assert "embedder on fire" in oc.files.retrieve(f.id).status_details
+    assert [x.id for x in oc.vector_stores.files.list(vs.id, filter="failed")] == [f.id]
+    assert list(oc.vector_stores.files.list(vs.id, filter="completed")) == []
