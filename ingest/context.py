@@ -26,9 +26,17 @@ def with_context(messages: Sequence[dict], chunks: Sequence[str]) -> list[dict]:
         return messages
     context = format_context(chunks)
     if messages and messages[0].get("role") == "system":
-        messages[0]["content"] = f"{str(messages[0]['content']).rstrip()}\n\n{context}"
+        messages[0]["content"] = f"{content_text(messages[0].get('content')).rstrip()}\n\n{context}"
         return messages
     return [{"role": "system", "content": context}, *messages]
+
+
+def content_text(content) -> str:
+    """A message's text: its string, or its text parts joined (OpenAI's list-of-parts form)."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return content or ""
 
 
 def fit_to_budget(

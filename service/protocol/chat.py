@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ingest.context import content_text
 from service.policy import Path as ServedPath
 from service.protocol.base import ResponseBody
 
@@ -17,9 +18,7 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
-        return self.content or ""
+        return content_text(self.content)
 
 
 class ChatRequest(BaseModel):

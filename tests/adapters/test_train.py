@@ -87,6 +87,11 @@ def test_with_context_joins_a_system_prompt_or_adds_one() -> None:
     joined = with_context([{"role": "system", "content": "Be terse."}, user], ["c"])
     assert joined[0]["content"] == "Be terse.\n\n" + format_context(["c"])
     assert with_context([user], []) == [user]
+    # A client's system message in OpenAI's list-of-parts form: its text, never a Python repr.
+    parts = {"role": "system", "content": [{"type": "text", "text": "Be "},
+                                           {"type": "text", "text": "terse."}]}
+    joined = with_context([parts, user], ["c"])
+    assert joined[0]["content"] == "Be terse.\n\n" + format_context(["c"])
 
 
 def test_context_chunks_are_the_ingestion_splitters_chunks(tmp_path: Path) -> None:
