@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -308,7 +309,8 @@ class ChatService:
         yield b"data: [DONE]\n\n"
 
     async def models(self, tenant_id: str, created: int) -> dict:
-        """OpenAI's model list: the base model, then the tenant's ready adapters."""
+        """OpenAI's model list: the base model (`created`: when this process started serving
+        it), then the tenant's ready adapters (each when its served version was registered)."""
         base = self.base_model
         adapters = []
         if self.adapters is not None:
@@ -320,7 +322,8 @@ class ChatService:
                  "parent": None, "root": base}
             ]
             + [
-                {"id": a["name"], "object": "model", "created": created, "owned_by": tenant_id,
+                {"id": a["name"], "object": "model", "created": _unix(a["created_at"]),
+                 "owned_by": tenant_id,
                  "parent": base, "root": base, "version": a["version"]}
                 for a in adapters
             ],
@@ -334,6 +337,12 @@ class ChatService:
             routed = await self.router.route(tenant.id, policy, q, None, None)
             out.append({"query": q, "route": routed.decision.as_dict()})
         return {"object": "list", "data": out, "policy": tenant.policy.model_dump()}
+
+
+def _unix(iso: str) -> int:
+    """A registry timestamp as Unix seconds (SQLite's come back without a zone: UTC)."""
+    at = datetime.fromisoformat(iso)
+    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
 
 
 def _last_user_text(messages: list[Message]) -> str:

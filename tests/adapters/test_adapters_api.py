@@ -45,6 +45,13 @@ def test_register_serve_list_and_models(client, engines, tmp_path):
     assert [(m["id"], m["parent"]) for m in models][1:] == [
         ("warelang", "HuggingFaceTB/SmolLM2-135M-Instruct")
     ]
+    # An adapter's `created` is when its served version was registered, not the process start.
+    time.sleep(1.1)
+    assert register(client, headers, archive(tmp_path), name="later").status_code == 201
+    created = {m["id"]: m["created"] for m in client.get("/v1/models", headers=headers).json()[
+        "data"]}
+    assert created["later"] > created["warelang"] >= created["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert abs(created["later"] - time.time()) < 5
 
 
 def test_streamed_adapter_answer(client, tmp_path):
