@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +66,20 @@ class Prepared:
     @property
     def adapter(self) -> ServedAdapter | None:
         return self.routed.adapter
+
+    def headers(self) -> dict[str, str]:
+        """What every answer to it says, an error after the decision too: its path and
+        Server-Timing."""
+        return {"X-Route": self.decision.path, "Server-Timing": self.server_timing()}
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """An APIError raised inside (the engine refused or failed) carries `headers()`."""
+        try:
+            yield
+        except APIError as exc:
+            exc.headers = {**exc.headers, **self.headers()}
+            raise
 
     def server_timing(self) -> str:
         """The W3C `Server-Timing` header, in milliseconds: what deciding the path took

@@ -21,24 +21,23 @@ router = APIRouter(prefix="/v1", tags=["chat"], route_class=JSONRoute)
 )
 async def chat_completions(body: ChatRequest, tenant: CurrentTenant, state: AppState):
     prepared = await state.chat.prepare(tenant, body)
-    headers = {"X-Route": prepared.decision.path}
     if not body.stream:
-        out = await state.chat.complete(prepared)
-        headers["Server-Timing"] = prepared.server_timing()
-        return ORJSONResponse(out, headers=headers)
+        with prepared.answering():
+            out = await state.chat.complete(prepared)
+        return ORJSONResponse(out, headers=prepared.headers())
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     events = state.chat.stream(prepared, include_usage)
     # Pull the first event before answering, so an engine that is down is a plain 503,
     # not a 200 stream that fails.
-    first = await anext(events)
+    with prepared.answering():
+        first = await anext(events)
 
     async def relay():
         yield first
         async for event in events:
             yield event
 
-    headers["Cache-Control"] = "no-cache"
-    headers["Server-Timing"] = prepared.server_timing()
+    headers = {**prepared.headers(), "Cache-Control": "no-cache"}
     return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
 

@@ -22,14 +22,14 @@ router = APIRouter(prefix="/v1", tags=["responses"], route_class=JSONRoute)
 )
 async def create_response(body: ResponsesRequest, tenant: CurrentTenant, state: AppState):
     turn = await state.responses.prepare(tenant, body)
-    headers = {"X-Route": turn.prepared.decision.path}
+    prepared = turn.prepared
     if not body.stream:
-        out = await state.responses.complete(turn)
-        headers["Server-Timing"] = turn.prepared.server_timing()
-        return ORJSONResponse(out, headers=headers)
-    chunks = state.chat.chunks(turn.prepared)
-    first = await first_chunk(chunks)
-    headers["Cache-Control"] = "no-cache"
-    headers["Server-Timing"] = turn.prepared.server_timing()
+        with prepared.answering():
+            out = await state.responses.complete(turn)
+        return ORJSONResponse(out, headers=prepared.headers())
+    chunks = state.chat.chunks(prepared)
+    with prepared.answering():
+        first = await first_chunk(chunks)
+    headers = {**prepared.headers(), "Cache-Control": "no-cache"}
     return StreamingResponse(state.responses.events(turn, first, chunks),
                              media_type="text/event-stream", headers=headers)

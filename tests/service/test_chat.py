@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers.api import chat
 from tests.helpers.app import assert_error, new_tenant
 
@@ -149,6 +151,20 @@ def test_context_length_maps_to_openai_code(client, tenant):
 def test_engine_error_is_clean_5xx(client, tenant):
     _, headers = tenant
     assert_error(chat(client, headers, "CRASH"), 502, "upstream_error")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_an_error_after_the_decision_says_the_path_and_its_timing(client, tenant, path, stream):
+    """The engine refused or failed after the path was decided: the error response carries
+    X-Route and Server-Timing, as the answer would have."""
+    _, headers = tenant
+    body = ({"messages": [{"role": "user", "content": "TOO_LONG"}]} if "chat" in path
+            else {"input": "TOO_LONG"})
+    r = client.post(path, headers=headers, json={**body, "stream": stream})
+    assert_error(r, 400, "context_length_exceeded")
+    assert r.headers["x-route"] == "prompt"
+    assert "route;dur=" in r.headers["server-timing"]
 
 
 def test_engine_down_is_503_with_retry_after(client, tenant, fake_engine):
