@@ -103,7 +103,9 @@ def ingest(
 
 def _wait(client, jobs: list[str], timeout_s: float = 3600.0) -> int:
     """Poll the jobs until each has ended; a job the server cannot report, or one still
-    running after `timeout_s`, counts as failed."""
+    running after `timeout_s`, counts as failed. A server that cannot be reached for a while
+    (restarting) is asked again until the deadline."""
+    import httpx
     from tqdm import tqdm
 
     pending, failed = set(jobs), 0
@@ -114,7 +116,13 @@ def _wait(client, jobs: list[str], timeout_s: float = 3600.0) -> int:
                 tqdm.write(f"{len(pending)} job(s) still not done after {timeout_s:.0f}s")
                 return failed + len(pending)
             for job_id in list(pending):
-                r = client.get(f"/v1/jobs/{job_id}")
+                try:
+                    r = client.get(f"/v1/jobs/{job_id}")
+                except httpx.TransportError as exc:
+                    # The server is restarting (refused, cut off, slow): its jobs are durable,
+                    # ask again.
+                    tqdm.write(f"job {job_id}: {type(exc).__name__}: {exc}; asking again")
+                    break
                 if r.status_code != 200:
                     if r.status_code < 500:  # 5xx: the server is busy or restarting, ask again
                         pending.discard(job_id)

@@ -30,6 +30,25 @@ def test_wait_rides_out_5xx_and_counts_unknown_or_stuck_jobs_as_failed():
         assert _wait(client, ["a", "b"], timeout_s=0.2) == 2
 
 
+def test_wait_rides_out_a_server_that_is_not_there_for_a_while():
+    """The server restarts: the connection is refused, or cut mid-answer; the wait asks again."""
+    polls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        polls["n"] += 1
+        if polls["n"] == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        if polls["n"] == 2:
+            raise httpx.RemoteProtocolError("server disconnected", request=request)
+        if polls["n"] == 3:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(200, json={"state": "succeeded"})
+
+    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://x") as client:
+        assert _wait(client, ["a"]) == 0
+    assert polls["n"] == 4
+
+
 def test_message_reads_the_error_shape_or_falls_back_to_text():
     shaped = httpx.Response(400, json={"error": {"message": "bad file"}})
     assert _message(shaped) == "bad file"
