@@ -188,6 +188,9 @@ class EngineSupervisor:
             except EngineStartError as exc:
                 log.error("vLLM restart failed: %s", exc)
                 backoff = min(backoff * 2, self.settings.engine.restart_backoff_max_s)
+                # A child that is alive but never became ready is stopped, so the wait above
+                # returns and it is started again (else the loop waits on it for ever).
+                await self._end_child()
                 continue
             backoff = 1.0
             if self.on_change is not None:
@@ -199,12 +202,8 @@ class EngineSupervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
-    async def stop(self, grace_s: float = 15.0) -> None:
-        self._stopping = True
-        if self._watch_task:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+    async def _end_child(self, grace_s: float = 15.0) -> None:
+        """SIGTERM to the child's process group, SIGKILL after `grace_s`."""
         if self.proc is None:
             return
         self._kill_group(signal.SIGTERM)
@@ -213,4 +212,14 @@ class EngineSupervisor:
         except TimeoutError:
             log.warning("vLLM did not stop in %.0fs; killing it", grace_s)
         self._kill_group(signal.SIGKILL)
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        self._stopping = True
+        if self._watch_task:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self.proc is None:
+            return
+        await self._end_child(grace_s)
         log.info("vLLM stopped")
