@@ -116,9 +116,24 @@ class DocumentVersions:
                 s.scalars(select(DocumentVersion).where(DocumentVersion.job_id == job_id)).all()
             )
 
-    def start_indexing(self, v: DocumentVersion) -> None:
+    def start_indexing(self, v: DocumentVersion, job_id: str, worker_id: str) -> bool:
+        """`v` becomes indexing, only while it is pending and `worker_id` holds its job's lease
+        (a worker that lost the job must not hide a version another worker made current).
+        False when it did not."""
+        held = (
+            select(Job.id)
+            .where(Job.id == job_id, Job.leased_by == worker_id, Job.state == "running")
+            .exists()
+        )
         with self.registry.session() as s:
-            _set(s, (v.tenant_id, v.document_id, v.version), state=INDEXING)
+            done = s.execute(
+                update(DocumentVersion)
+                .where(*_of_document(v.tenant_id, v.document_id),
+                       DocumentVersion.version == v.version,
+                       DocumentVersion.state.in_(PENDING_STATES), held)
+                .values(state=INDEXING)
+            )
+            return done.rowcount == 1
 
     def switch(self, v: DocumentVersion, chunks: int) -> tuple[str, int | None]:
         """Make `v` the version readers see, with its document's pointer, in one transaction;

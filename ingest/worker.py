@@ -9,11 +9,13 @@ index ends with exactly the document's chunks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -107,6 +109,30 @@ class IngestWorker:
             if done.rowcount != 1:
                 raise LeaseLost(f"job {job_id} was taken over by another worker")
 
+    @contextlib.contextmanager
+    def _leased(self, job_id: str) -> Iterator[threading.Event]:
+        """Renew the job's lease every third of `lease_s` while the body runs (embedding a
+        long document takes longer than a lease); the event is set once the lease is lost."""
+        lost, done = threading.Event(), threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.settings.lease_s / 3):
+                try:
+                    self._renew(job_id)
+                except LeaseLost:
+                    lost.set()
+                    return
+                except Exception:  # noqa: BLE001 - a registry hiccup: the next beat retries
+                    log.warning("renewing the lease of job %s failed; retrying", job_id)
+
+        heart = threading.Thread(target=beat, name=f"lease-{job_id[:8]}", daemon=True)
+        heart.start()
+        try:
+            yield lost
+        finally:
+            done.set()
+            heart.join()
+
     def _job_gone(self, job_id: str) -> bool:
         with self.registry.session() as s:
             return s.get(Job, job_id) is None
@@ -159,13 +185,18 @@ class IngestWorker:
 
     # ---- indexing -----------------------------------------------------------------------
     def _process(self, job: Claimed) -> int:
+        with self._leased(job.id) as lost:
+            return self._process_leased(job, lost)
+
+    def _process_leased(self, job: Claimed, lost: threading.Event) -> int:
         total = 0
         replaced: list[VersionKey] = []  # to retire
         for v in self.versions.of_job(job.id):
             if v.state not in PENDING_STATES:
                 total += v.chunks or 0  # done by an earlier attempt
                 continue
-            self.versions.start_indexing(v)
+            if lost.is_set() or not self.versions.start_indexing(v, job.id, self.worker_id):
+                raise LeaseLost(f"job {job.id} was taken over by another worker")
             total += self._index_version(job, v, replaced)
         if replaced:
             # Readers that took the version list just before a switch may still search for the

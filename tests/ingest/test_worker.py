@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from core.registry.db import Registry
 from core.registry.models import Job
+from ingest.worker import LeaseLost
 from tests.helpers.knowledge_base import (
     docs_service,
     long_text,
@@ -203,3 +204,61 @@ def _sections(body: str):
     from ingest.readers import Section
 
     return [Section(body)]
+
+
+def test_a_long_embedding_keeps_its_lease(backend, tmp_path):
+    """Embedding a document can take longer than a lease: the worker renews it meanwhile, so
+    no second worker claims the job."""
+    kind, registry, _ = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    job_id = upload_text(docs, tenant, "a.txt", long_text("harbour", 20))["job_id"]
+    a = make_worker(registry, store, lease_s=0.6)
+    b = make_worker(registry, store, lease_s=0.6)
+    embed = a.pipeline.run
+
+    def slow(*args, **kwargs):
+        time.sleep(2.0)  # three leases
+        return embed(*args, **kwargs)
+
+    a.pipeline.run = slow
+    runner = threading.Thread(target=a.run_once)
+    runner.start()
+    time.sleep(0.3)
+    claims = []
+    while runner.is_alive():
+        claims.append(b.claim())
+        time.sleep(0.2)
+    runner.join()
+    assert claims and all(c is None for c in claims), "a second worker took the job"
+    job = docs.get_job(tenant, job_id)
+    assert job["state"] == "succeeded" and job["attempts"] == 1
+    assert store.count(tenant) == job["chunks"] > 0
+    store.close()
+
+
+def test_a_worker_that_lost_its_job_never_hides_what_another_made_current(backend, tmp_path):
+    """A's lease ran out and B indexed the job; A, still holding the versions it read before,
+    must not set them back to indexing (hidden from readers)."""
+    kind, registry, _ = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    upload_text(docs, tenant, "a.txt", long_text("harbour", 10))
+    a = make_worker(registry, store, lease_s=0.3)
+    job = a.claim()
+    stale = a.versions.of_job(job.id)  # queued, as A read them
+    time.sleep(0.5)  # A's lease runs out
+    b = make_worker(registry, store)
+    assert b.run_once()
+    current = docs.get_document(tenant, "a")
+    assert current["current_version"] == 1 and current["status"] == "current"
+    a.versions.of_job = lambda job_id: stale
+    with pytest.raises(LeaseLost):
+        a._process(job)
+    after = docs.get_document(tenant, "a")
+    assert after["status"] == "current" and after["chunks"] == current["chunks"]
+    assert docs.hidden_versions(tenant) == []
+    assert store.count(tenant) == current["chunks"]
+    store.close()
