@@ -274,7 +274,7 @@ class AdapterService:
         return version, final, current
 
     def _set_vectors(self, tenant_id, name, version, vectors) -> None:
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             v = s.get(AdapterVersion, (tenant_id, name, version))
             v.example_vectors = [list(map(float, vec)) for vec in vectors]
 
@@ -323,7 +323,7 @@ class AdapterService:
     def _reject(self, tenant_id, name, version, final: Path, gate: dict) -> None:
         """A version its gate failed: the row stays (`rejected`, with the figures) so the tenant
         sees why; its files go (nothing may serve it, and a rollback never picks it)."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             v = s.get(AdapterVersion, (tenant_id, name, version))
             if v is not None:
                 v.state, v.gate = "rejected", gate
@@ -381,7 +381,7 @@ class AdapterService:
         self.schedule_purge(tenant_id, name)
 
     def mark_deleting(self, tenant_id: str, name: str) -> None:
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             adapter = live_adapter(s, tenant_id, name)
             adapter.state = "deleting"
 

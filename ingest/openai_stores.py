@@ -147,7 +147,7 @@ class VectorStores:
         and no store is left."""
         metadata = check_metadata(metadata)
         vs_id = "vs_" + uuid.uuid4().hex
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             s.add(VectorStore(id=vs_id, tenant_id=tenant_id, name=name or "", meta=metadata,
                               expires_after_days=expires_after_days))
             s.flush()
@@ -175,7 +175,7 @@ class VectorStores:
         """`changes`: any of name, metadata, expires_after_days (None: never expires)."""
         if "metadata" in changes:
             changes["metadata"] = check_metadata(changes["metadata"])
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             vs = self._store(s, tenant_id, vs_id)
             if "name" in changes:
                 vs.name = changes["name"] or ""
@@ -188,7 +188,7 @@ class VectorStores:
 
     def delete(self, tenant_id: str, vs_id: str) -> dict:
         """The store and its list of files; the files (documents) stay."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             s.delete(self._store(s, tenant_id, vs_id))
         return {"id": vs_id, "object": "vector_store.deleted", "deleted": True}
 
@@ -196,7 +196,7 @@ class VectorStores:
     def attach(self, tenant_id: str, vs_id: str, file_id: str, attributes) -> dict:
         """Sync. Idempotent: attaching a file again sets its attributes."""
         attributes = check_attributes(attributes)
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             self._store(s, tenant_id, vs_id)
             self._require_document(s, tenant_id, file_id, "file_id")
             row = s.get(VectorStoreFile, (vs_id, file_id))
@@ -209,7 +209,7 @@ class VectorStores:
 
     def set_attributes(self, tenant_id: str, vs_id: str, file_id: str, attributes) -> dict:
         attributes = check_attributes(attributes)
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             self._member(s, tenant_id, vs_id, file_id).attributes = attributes
         return self.file(tenant_id, vs_id, file_id)
 
@@ -235,7 +235,7 @@ class VectorStores:
 
     def detach(self, tenant_id: str, vs_id: str, file_id: str) -> dict:
         """The file leaves the store; the document stays in the knowledge base."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             s.delete(self._member(s, tenant_id, vs_id, file_id))
         return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
 
@@ -252,7 +252,7 @@ class VectorStores:
             raise InvalidRequest(f"at most {MAX_STORES_PER_SCOPE} vector stores per search",
                                  code="too_many_vector_stores", param=param)
         attributes: dict[str, dict] = {}
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             for vs_id in dict.fromkeys(vs_ids):
                 vs = self._store(s, tenant_id, vs_id, param)
                 if _expired(vs):

@@ -73,7 +73,7 @@ class IngestWorker:
             and_(Job.state == "queued", Job.run_after <= now),
             and_(Job.state == "running", Job.lease_until < now),
         )
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             row = s.execute(
                 select(Job.id, Job.tenant_id, Job.attempts, Job.max_attempts)
                 .where(claimable)

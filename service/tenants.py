@@ -82,7 +82,7 @@ class TenantService:
         key_id, key = new_key()
         exists = Conflict(f"tenant '{tenant_id}' already exists", code="tenant_exists")
         try:
-            with self.registry.session() as s:
+            with self.registry.session(lock=True) as s:
                 if s.get(Tenant, tenant_id) is not None:
                     raise exists
                 s.add(Tenant(id=tenant_id, policy=policy.model_dump()))
@@ -143,7 +143,7 @@ class TenantService:
         return key
 
     def delete(self, tenant_id: str) -> None:
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             row = s.get(Tenant, tenant_id)
             if row is None:
                 raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")

@@ -89,7 +89,7 @@ class EvaluationStore:
             return {"object": "list", "data": [_set_view(r) for r in rows]}
 
     def delete_set(self, tenant_id: str, set_id: str) -> dict:
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             row = self._set_row(s, tenant_id, set_id)
             s.delete(row)
         return {"id": set_id, "object": "eval_set", "deleted": True}
@@ -116,7 +116,7 @@ class EvaluationStore:
         **lease,
     ) -> Evaluation:
         """`lease`: leased_by, lease_until and started_at of one created already claimed."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             row = self._set_row(s, tenant_id, set_id)
             ev = Evaluation(
                 id=new_id("eval"),
@@ -277,7 +277,7 @@ class EvaluationStore:
     def release(self, evaluation_id: str, max_attempts: int) -> int:
         """After a paused run: the runs it has left; when some are left, it is queued again at
         once (claimable before its lease would have run out)."""
-        with self.registry.session() as s:
+        with self.registry.session(lock=True) as s:
             ev = s.get(Evaluation, evaluation_id)
             left = max_attempts - (ev.attempts if ev else max_attempts)
             if ev is not None and left > 0:

@@ -11,7 +11,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound, RegistryUnavailable
 from core.registry.db import Registry, normalize_url
 from core.registry.models import ApiKey, Document, DocumentVersion, Tenant
 from core.settings import DocumentLimits
@@ -234,3 +234,57 @@ def test_a_new_adapter_name_registered_twice_at_once_gets_two_versions(
     first, second = _race(reserve, reserve, read, resume)
     assert isinstance(first, tuple) and isinstance(second, tuple), (first, second)
     assert sorted(r[0] for r in (first, second)) == [1, 2]
+
+
+def _sqlite_with_a_tenant(tmp_path) -> Registry:
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.migrate()
+    TenantService(reg).create("acme", Policy())
+    return reg
+
+
+def _write_elsewhere(reg: Registry, top_k: int) -> None:
+    """Another connection commits a change (another request, worker or process)."""
+    with reg.engine.connect() as other:
+        other.execute(text("UPDATE tenants SET policy = :p WHERE id = 'acme'"),
+                      {"p": f'{{"top_k": {top_k}}}'})
+        other.commit()
+
+
+def test_sqlite_a_transactions_reads_see_one_snapshot(tmp_path):
+    """pysqlite begins a transaction only at its first write: a transaction that reads twice
+    saw another connection's commit in between. Every transaction now begins explicitly."""
+    reg = _sqlite_with_a_tenant(tmp_path)
+    read = text("SELECT policy FROM tenants WHERE id = 'acme'")
+    with reg.session() as s:
+        first = s.execute(read).scalar()
+        _write_elsewhere(reg, 9)
+        assert s.execute(read).scalar() == first
+    with reg.session() as s:
+        assert "9" in s.execute(read).scalar()
+    reg.dispose()
+
+
+def test_sqlite_run_runs_a_unit_again_when_its_snapshot_went_stale(tmp_path):
+    """A transaction read, another writer committed, then it wrote: SQLite refuses the write
+    (a stale snapshot). `run` runs the unit again, and it lands."""
+    reg = _sqlite_with_a_tenant(tmp_path)
+    attempts = []
+
+    def unit(s: Session) -> int:
+        attempts.append(1)
+        seen = s.execute(text("SELECT count(*) FROM tenants")).scalar()
+        if len(attempts) == 1:
+            _write_elsewhere(reg, 5)
+        s.execute(text("UPDATE tenants SET policy = :p WHERE id = 'acme'"), {"p": '{"top_k": 7}'})
+        return seen
+
+    assert reg.run(unit) == 1 and len(attempts) == 2
+    with reg.session() as s:
+        assert "7" in s.execute(text("SELECT policy FROM tenants WHERE id = 'acme'")).scalar()
+    # Without `run`, the same unit is the 503 it always was, never a half-written change.
+    attempts.clear()
+    with pytest.raises(RegistryUnavailable):
+        with reg.session() as s:
+            unit(s)
+    reg.dispose()
