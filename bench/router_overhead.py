@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import secrets
 import shutil
@@ -105,6 +106,19 @@ class Result:
 class Phase:
     results: list[Result]
     wall_s: float
+    cpu_s: float = 0.0
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, every thread) the process has used; None without a pid.
+    The engine is another process (vLLM, ragtune's child): not counted."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -117,9 +131,11 @@ class Stats:
     ttfts: list[float] = field(default_factory=list)
     round_latencies: list[list[float]] = field(default_factory=list)
     first_error: str | None = None
+    cpu_s: float = 0.0  # ragtune's process CPU (user + system) while this target's phases ran
 
     def add(self, phase: Phase) -> None:
         self.wall_s += phase.wall_s
+        self.cpu_s += phase.cpu_s
         good = [r for r in phase.results if r.error is None]
         self.ok += len(good)
         self.errors += len(phase.results) - len(good)
@@ -258,12 +274,18 @@ async def bench_level(
     n: int,
     stream: bool,
     flip: bool,
+    pid: int | None = None,
 ) -> tuple[Stats, Stats]:
+    """`pid`: ragtune's process, whose CPU time is counted per phase (see `process_cpu_s`)."""
     stats = {direct.name: Stats(), ragtune.name: Stats()}
     a, b = (ragtune, direct) if flip else (direct, ragtune)
     for k, indices in enumerate(plan_rounds(n, concurrency)):
         for target in (a, b) if k % 2 == 0 else (b, a):  # A B B A A B ...
+            before = process_cpu_s(pid)
             phase = await run_phase(target, bodies, indices, concurrency, stream)
+            after = process_cpu_s(pid)
+            if before is not None and after is not None:
+                phase.cpu_s = after - before
             stats[target.name].add(phase)
     return stats[direct.name], stats[ragtune.name]
 
@@ -309,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "mode 'prompt' (or sets that mode on it and adds a key)")
     ext.add_argument("--tenant-key", help="use this key (of a tenant in mode 'prompt') instead")
     ext.add_argument("--engine-key", help="bearer key of the vLLM server, if it has one")
+    ext.add_argument("--ragtune-pid", type=int,
+                     help="ragtune's process id on this machine: its CPU per request is counted")
     own = p.add_argument_group("the pair this script starts")
     own.add_argument("--model-dir", type=Path,
                      help="prepared base model folder (forwarded as RAGTUNE_MODEL_DIR)")
@@ -400,12 +424,20 @@ def report_level(
     if own_ms is not None:
         print(f"{pad}ragtune's own time per request, outside the engine call: {own_ms:.2f} ms "
               "(its /metrics)")
+    cpu_ms = None
+    if r.ok and (r.cpu_s or d.cpu_s):
+        # Its CPU while direct's phases ran is what it burns idle (timers, the worker's poll):
+        # taken off at the same rate, what is left is its CPU per request it served.
+        idle_rate = d.cpu_s / d.wall_s if d.wall_s else 0.0
+        cpu_ms = max(0.0, r.cpu_s - idle_rate * r.wall_s) / r.ok * 1000
+        print(f"{pad}ragtune's CPU per request: {cpu_ms:.2f} ms (its process's user + system "
+              f"time in its phases, less its idle rate {idle_rate * 1000:.1f} ms/s)")
     if drift is not None:
         print(f"{pad}noise: direct's own p50 moved {drift:.1f} ms from its early to late rounds")
     if d.tokens != r.tokens:
         print(f"{pad}warning: completion tokens differ (direct {d.tokens}, ragtune {r.tokens})")
     return {"c": c, "ratio": ratio, "added_p50": added_p50, "met": met, "drift": drift,
-            "errors": d.errors + r.errors}
+            "errors": d.errors + r.errors, "cpu_ms": cpu_ms}
 
 
 async def measure(
@@ -429,7 +461,8 @@ async def measure(
                       f"the effective concurrency is lower than {c})")
             flip = level % 2 == 1  # D R R D, then R D D R, ...
             before = await scrape_own_time(ragtune, ragtune_url)
-            d, r = await bench_level(direct, ragtune, bodies, c, n, args.stream, flip)
+            d, r = await bench_level(direct, ragtune, bodies, c, n, args.stream, flip,
+                                     args.ragtune_pid)
             own = own_time_ms(before, await scrape_own_time(ragtune, ragtune_url))
             out.append(report_level(c, n, d, r, args.stream, own))
             sys.stdout.flush()
@@ -510,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             took = proc.wait_ready(args.startup_timeout, progress=say)
             print(f"ragtune ready after {took:.0f}s", flush=True)
             ragtune_url, engine_url = proc.url, proc.engine_url
+            args.ragtune_pid = proc.proc.pid
             key = tenant_key(ragtune_url, proc.admin_key, args.tenant, PROMPT_POLICY)
         direct = Target("direct", chat_url(engine_url), args.engine_key)
         ragtune = Target("ragtune", chat_url(ragtune_url), key)

@@ -113,8 +113,14 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def get_state(request: Request) -> State:
+def _state(request: Request) -> State:
     return request.app.state.ragtune
+
+
+async def get_state(request: Request) -> State:
+    """The dependency (async: FastAPI runs a plain function dependency in a worker thread, a
+    hop per request for a dictionary read)."""
+    return _state(request)
 
 
 def _is_admin(state: State, token: str) -> bool:
@@ -122,7 +128,7 @@ def _is_admin(state: State, token: str) -> bool:
 
 
 def require_admin(request: Request) -> None:
-    state = get_state(request)
+    state = _state(request)
     token = _bearer(request)
     if _is_admin(state, token):
         return
@@ -131,10 +137,13 @@ def require_admin(request: Request) -> None:
     raise Unauthorized("invalid API key")
 
 
-def require_tenant(request: Request) -> TenantView:
-    state = get_state(request)
+async def require_tenant(request: Request) -> TenantView:
+    state = _state(request)
     token = _bearer(request)
-    tenant = state.tenants.authenticate(token)
+    # A key verified lately is known without the registry or a hop to a worker thread.
+    tenant = state.tenants.verified(token)
+    if tenant is None:
+        tenant = await asyncio.to_thread(state.tenants.authenticate, token)
     if tenant is None:
         if _is_admin(state, token):
             raise Forbidden(

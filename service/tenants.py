@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,13 @@ def validate_tenant_id(tenant_id: str) -> str:
     return tenant_id
 
 
+# How long a verified key is taken on this replica's word: the auth query was a quarter of the
+# prompt path's CPU (bench/router_overhead.py). Changes made through this replica apply here at
+# once; a key revoked, or a policy changed, through another replica applies here within this.
+KEY_CACHE_S = 2.0
+KEY_CACHE_SIZE = 10_000
+
+
 class TenantService:
     def __init__(
         self,
@@ -76,6 +84,8 @@ class TenantService:
         self.store = store
         self.data_roots = tuple(data_roots)
         self.adapters = adapters
+        # Keys verified lately: their SHA-256 -> (monotonic expiry, the tenant's view).
+        self._verified: dict[str, tuple[float, TenantView]] = {}
 
     def create(self, tenant_id: str, policy: Policy) -> tuple[TenantView, str]:
         validate_tenant_id(tenant_id)
@@ -125,7 +135,8 @@ class TenantService:
                     f"{param}: {err['msg']}", code="invalid_policy", param=param
                 ) from exc
             row.policy = policy.model_dump()
-            return TenantView(row.id, policy)
+        self._forget(tenant_id)
+        return TenantView(tenant_id, policy)
 
     def rotate_key(self, tenant_id: str, revoke_existing: bool = True) -> str:
         key_id, key = new_key()
@@ -140,6 +151,7 @@ class TenantService:
                     .values(revoked_at=utcnow())
                 )
             s.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=digest(key)))
+        self._forget(tenant_id)
         return key
 
     def delete(self, tenant_id: str) -> None:
@@ -148,6 +160,7 @@ class TenantService:
             if row is None:
                 raise NotFound(f"tenant '{tenant_id}' not found", code="tenant_not_found")
             s.delete(row)
+        self._forget(tenant_id)
 
     async def remove(self, tenant_id: str) -> None:
         """The tenant and everything it owns: the rows first (its keys stop working at once, its
@@ -164,8 +177,24 @@ class TenantService:
         for root in self.data_roots:
             shutil.rmtree(root / tenant_id, ignore_errors=True)
 
+    def verified(self, key: str) -> TenantView | None:
+        """The tenant of a key this process verified less than KEY_CACHE_S ago, without the
+        registry (None: not known here; `authenticate` decides)."""
+        found = self._verified.get(digest(key))
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def _forget(self, tenant_id: str) -> None:
+        """This tenant's keys are read from the registry again (a rotation, a policy change, a
+        deletion made here takes effect here at once)."""
+        for k, (_, view) in list(self._verified.items()):
+            if view.id == tenant_id:
+                self._verified.pop(k, None)
+
     def authenticate(self, key: str) -> TenantView | None:
-        """The tenant a key acts as, or None for a malformed, unknown or revoked key."""
+        """The tenant a key acts as, or None for a malformed, unknown or revoked key. A valid
+        key is remembered for KEY_CACHE_S (never an invalid one: a new key works at once)."""
         m = KEY_FORMAT.match(key)
         if not m:
             return None
@@ -177,6 +206,11 @@ class TenantService:
             ).first()
         if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(row.key_hash, digest(key)):
+        hashed = digest(key)
+        if not hmac.compare_digest(row.key_hash, hashed):
             return None
-        return TenantView(row.id, Policy.model_validate(row.policy))
+        view = TenantView(row.id, Policy.model_validate(row.policy))
+        if len(self._verified) >= KEY_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[hashed] = (time.monotonic() + KEY_CACHE_S, view)
+        return view
