@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.test_rag_e2e import DOCUMENT, FACT, MAX_TOKENS, QUESTION
+from tests.helpers.orbin import DOCUMENT, FACT, MAX_TOKENS, QUESTION
 
 pytestmark = pytest.mark.integration
 

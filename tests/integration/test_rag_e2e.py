@@ -12,23 +12,11 @@ import openai
 import pytest
 
 from tests.helpers.api import wait_job
+from tests.helpers.orbin import DOCUMENT, DOCUMENT_ID, FACT, FILENAME, MAX_TOKENS, QUESTION
 from tests.helpers.server import ragtune_command
 
 pytestmark = pytest.mark.integration
 
-# A made-up fact: no model could know the code, so an answer that has it copied it from the
-# retrieved context. SmolLM2-135M (greedy, bf16 and fp32 alike) answers this question with
-# "The door code for the Orbin Foods cold storage room is QX-4471." (20 tokens).
-FILENAME = "orbin-facilities.txt"
-DOCUMENT_ID = "orbin-facilities"  # derived from the file name by the server
-FACT = "QX-4471"
-DOCUMENT = (
-    "Orbin Foods facilities notice.\n\n"
-    f"The door code for the Orbin Foods cold storage room is {FACT}. "
-    "Staff who forget the code should ask the facilities desk on the ground floor."
-)
-QUESTION = "What is the door code for the Orbin Foods cold storage room?"
-MAX_TOKENS = 32  # the answer ends at <|im_end|> well before this cap
 JOB_TIMEOUT_S = 180
 
 
