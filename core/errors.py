@@ -249,3 +249,15 @@ class EvalError(APIError):
         if code not in EVAL_ERROR_CODES:
             raise ValueError(f"unknown evaluation error code {code!r}")
         super().__init__(message, code=code, param=param)
+
+
+# ---- operations (service/backup.py) ----
+
+class BackupError(APIError):
+    """A backup that could not be made: `backup_unsupported` (501: a store it cannot capture
+    consistently), `backup_busy` (503: files the registry names were deleted while it read them,
+    each try), `backup_failed` (500: the registry's dump failed, or a path it cannot hold)."""
+
+    status = 500
+    type = "server_error"
+    code = "backup_failed"

@@ -2,7 +2,10 @@
 
 Facts this is built on (qdrant-edge-py 0.9.0; its stubs and measurements in bench/retrieval.py):
 - One `EdgeShard` per folder; the folder is locked to one process (a second open fails with
-  "Can't init WAL: WouldBlock"), so the serving process owns it.
+  "Can't init WAL: WouldBlock"), so the serving process owns it. That second open loads the
+  segments before it meets the lock, and the load breaks the holder's store (its next flush
+  fails: "Tracker journal ... is shorter than expected"), so `held_by_another` probes the lock
+  (an flock on the `wal` folder) first and a held folder is never opened.
 - Updates go to a write-ahead log first: points written survive a killed process without a
   flush. `flush()` writes the segments and lets the WAL be truncated; we flush after each write.
 - Edge optimizes nothing in the background. `optimize()` runs the merge, indexing and vacuum
@@ -26,11 +29,14 @@ Facts this is built on (qdrant-edge-py 0.9.0; its stubs and measurements in benc
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import qdrant_edge as qe
@@ -71,6 +77,9 @@ class EdgeChunkStore(DeletesByFilter):
         self._closed = False
         self._unoptimized = 0
         if (path / _CONFIG_FILE).is_file():
+            if held_by_another(path):
+                raise VectorStoreError(f"the vector store at {path} is open in another store "
+                                       "(its WAL is locked: a running ragtune serve?)")
             self._dim = _stored_dim(path)
             sparse = _stored_sparse(path)
             config = self._config(self._dim, sparse=sparse) if self._dim else None
@@ -149,6 +158,17 @@ class EdgeChunkStore(DeletesByFilter):
                     qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
                 )
             self._shard.flush()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[qe.EdgeShard | None]:
+        """The shard (None before `ensure_collection`), flushed, with every other write of this
+        store (upserts, deletes, optimize, close) held back until the block ends: what is read
+        in it is one point in time, a backup's (service/backup.py). Searches go on meanwhile."""
+        with self._lock:
+            self._check_open()
+            if self._shard is not None:
+                self._shard.flush()
+            yield self._shard
 
     def close(self) -> None:
         with self._lock:
@@ -370,6 +390,22 @@ class EdgeChunkStore(DeletesByFilter):
         if self._shard is None:
             raise VectorStoreError("the vector store has no collection yet: call ensure_collection")
         return self._shard
+
+
+def held_by_another(path: Path) -> bool:
+    """Whether a store (of this process or another) has the folder open: Edge holds an
+    exclusive flock on its `wal` folder. Probed without loading anything (module doc)."""
+    try:
+        fd = os.open(path / "wal", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the probe's own lock
+    return False
 
 
 def _match(key: str, value: str) -> qe.FieldCondition:

@@ -40,6 +40,7 @@ from service.routes import (
     adapters,
     admin,
     advisor,
+    backup,
     chat,
     console,
     documents,
@@ -202,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(advisor.router)
     app.include_router(evaluations.router)
     app.include_router(admin.router)
+    app.include_router(backup.router)
     app.include_router(embeddings.router)
     app.include_router(responses.router)
     app.include_router(files.router)

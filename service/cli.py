@@ -14,6 +14,7 @@ app.add_typer(model_app, name="model")
 
 def _register_adapters() -> None:
     from adapters.cli import adapters_app
+    from service.backup_cli import backup_app
     from service.eval_cli import eval_app
     from service.policy_cli import advise, policy_app
     from service.tenants_cli import tenants_app
@@ -22,6 +23,7 @@ def _register_adapters() -> None:
     app.add_typer(policy_app, name="policy")
     app.add_typer(eval_app, name="eval")
     app.add_typer(tenants_app, name="tenants")
+    app.add_typer(backup_app, name="backup")
     app.command("advise")(advise)
 
 

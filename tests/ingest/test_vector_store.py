@@ -325,9 +325,13 @@ def test_edge_folder_is_owned_by_one_store(tmp_path: Path) -> None:
     settings = QdrantSettings(path=tmp_path / "q")
     first = open_chunk_store(settings, tmp_path)
     first.ensure_collection(DIM)
+    first.upsert(make_chunks("t1", "d", 1, unit(np.random.default_rng(1), 3)))
     try:
         with pytest.raises(Exception, match="WAL"):
             open_chunk_store(settings, tmp_path)
+        # Refused before it loads anything: a load would break the first store's next flush.
+        first.upsert(make_chunks("t1", "d", 2, unit(np.random.default_rng(2), 3)))
+        assert first.count("t1") == 6
     finally:
         first.close()
     open_chunk_store(settings, tmp_path).close()  # free again once closed

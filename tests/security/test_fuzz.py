@@ -52,6 +52,7 @@ AUTH = {
     ("POST", "/v1/tenants"): "admin",
     ("GET", "/v1/tenants"): "admin",
     ("GET", "/v1/admin/status"): "admin",
+    ("POST", "/v1/admin/backup"): "admin",
     ("GET", "/v1/tenants/{tenant_id}"): "admin",
     ("PATCH", "/v1/tenants/{tenant_id}"): "admin",
     ("DELETE", "/v1/tenants/{tenant_id}"): "admin",

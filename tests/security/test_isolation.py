@@ -155,6 +155,7 @@ ROWS = [
     ("get tenant A", "GET", "/v1/tenants/{a}", {}, 403, "admin_key_required"),
     ("list the tenants", "GET", "/v1/tenants", {}, 403, "admin_key_required"),
     ("the operators' status", "GET", "/v1/admin/status", {}, 403, "admin_key_required"),
+    ("a backup of every tenant", "POST", "/v1/admin/backup", {}, 403, "admin_key_required"),
     ("patch tenant A", "PATCH", "/v1/tenants/{a}", {"json": {"policy": {"mode": "prompt"}}},
      403, "admin_key_required"),
     ("rotate A's keys", "POST", "/v1/tenants/{a}/keys", {}, 403, "admin_key_required"),

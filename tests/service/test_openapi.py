@@ -11,7 +11,8 @@ import time
 from jsonschema import Draft202012Validator
 
 NOT_JSON = {("GET", "/metrics"), ("GET", "/v1/evaluations/{evaluation_id}/items"),  # text, JSONL
-            ("GET", "/v1/files/{file_id}/content")}  # the file as uploaded
+            ("GET", "/v1/files/{file_id}/content"),  # the file as uploaded
+            ("POST", "/v1/admin/backup")}  # the backup file (a tar)
 
 
 def _json_success(op: dict) -> tuple[str, dict] | None:
