@@ -68,12 +68,16 @@ class IngestWorker:
 
     # ---- the queue ----------------------------------------------------------------------
     def claim(self) -> Claimed | None:
+        """The oldest claimable job, now leased to this worker. A poll that finds none writes
+        nothing and takes no lock; one that lost a race with another writer (SQLite: a stale
+        snapshot) is run again (`Registry.run`)."""
         now = utcnow()
         claimable = or_(
             and_(Job.state == "queued", Job.run_after <= now),
             and_(Job.state == "running", Job.lease_until < now),
         )
-        with self.registry.session(lock=True) as s:
+
+        def unit(s) -> Claimed | None:
             row = s.execute(
                 select(Job.id, Job.tenant_id, Job.attempts, Job.max_attempts)
                 .where(claimable)
@@ -97,7 +101,9 @@ class IngestWorker:
             )
             if done.rowcount != 1:
                 return None
-        return Claimed(row.id, row.tenant_id, row.attempts + 1, row.max_attempts)
+            return Claimed(row.id, row.tenant_id, row.attempts + 1, row.max_attempts)
+
+        return self.registry.run(unit)
 
     def _renew(self, job_id: str) -> None:
         with self.registry.session() as s:
