@@ -49,6 +49,15 @@ class QdrantSettings(BaseModel):
         None,
         description="Edge: a segment bigger than this (KB) gets its HNSW index. Unset: 10 MB.",
     )
+    min_free_mb: int = Field(
+        256, ge=0,
+        description=(
+            "Edge: a write is refused (the job waits and retries, the attempt not counted) "
+            "while the store's filesystem has less free space than this. Edge writes through "
+            "memory maps: on a full disk the kernel kills the process (SIGBUS) instead of "
+            "failing the write."
+        ),
+    )
     retrieval: Literal["dense", "hybrid"] = Field(
         "hybrid",
         description=(

@@ -51,6 +51,7 @@ from ingest.vector_store import (
     Chunk,
     DeletesByFilter,
     Hits,
+    StoreFull,
     VectorStoreError,
     check_chunks,
     chunk_payload,
@@ -210,6 +211,7 @@ class EdgeChunkStore(DeletesByFilter):
             return
         with self._lock:
             shard = self._require_shard()
+            self._check_space()
             check_chunks(chunks, self._dim or len(chunks[0].vector))
             points = [
                 qe.Point(
@@ -235,8 +237,21 @@ class EdgeChunkStore(DeletesByFilter):
             flt = qe.Filter(must=list(must))
             n = shard.count(qe.CountRequest(exact=True, filter=flt))
             if n:
+                self._check_space()
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
                 self._written(n)
+
+    def _check_space(self) -> None:
+        """Refuse a write while the disk is nearly full: Edge writes its WAL and segments
+        through memory maps, and a write to a map on a full filesystem is a SIGBUS that kills
+        the whole process (bench/soak.py's store-disk-full fault found it), not an error."""
+        stat = os.statvfs(self.path)
+        free_mb = stat.f_bavail * stat.f_frsize / (1 << 20)
+        if free_mb < self._settings.min_free_mb:
+            raise StoreFull(
+                f"the vector store's disk at {self.path} has {free_mb:.0f} MB free, less than "
+                f"the {self._settings.min_free_mb} MB it keeps (RAGTUNE_QDRANT__MIN_FREE_MB)"
+            )
 
     def _written(self, n: int) -> None:
         self._unoptimized += n

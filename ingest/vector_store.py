@@ -159,6 +159,11 @@ class VectorStoreError(RuntimeError):
     """The store cannot do what was asked (not created yet, wrong dimension, closed)."""
 
 
+class StoreFull(VectorStoreError):
+    """The store's disk has too little free space for a write: an outage that passes (space is
+    freed), not a fault of the document being written."""
+
+
 def chunk_id(tenant_id: str, document_id: str, version: int, chunk_index: int) -> str:
     """Deterministic point id: the same chunk of the same version always lands on the same point."""
     name = f"{tenant_id}\x1f{document_id}\x1f{version}\x1f{chunk_index}"

@@ -26,7 +26,7 @@ from core.registry.models import DocumentVersion, Job, utcnow
 from core.settings import WorkerSettings
 from ingest.pipeline import ChunkPipeline
 from ingest.stored_files import load_sections
-from ingest.vector_store import ChunkStore
+from ingest.vector_store import ChunkStore, StoreFull
 from ingest.versions import CURRENT, PENDING_STATES, DocumentVersions, VersionKey
 
 log = logging.getLogger("ragtune.worker")
@@ -155,6 +155,10 @@ class IngestWorker:
         except LeaseLost as exc:
             log.warning("%s", exc)
             return True
+        except StoreFull as exc:
+            log.warning("job %s waits for space: %s", job.id, exc)
+            self._wait_for_space(job, exc)
+            return True
         except Exception as exc:  # noqa: BLE001 - every failure is kept on the job
             log.exception("job %s failed (attempt %d)", job.id, job.attempts)
             self._fail(job, exc)
@@ -170,6 +174,18 @@ class IngestWorker:
             self.metrics.observe_job("succeeded", time.perf_counter() - started, chunks)
         log.info("job %s indexed %d chunks", job.id, chunks)
         return True
+
+    def _wait_for_space(self, job: Claimed, exc: StoreFull) -> None:
+        """Queued again, this attempt not counted: the store's disk filling up is an outage
+        (it passes), not a fault of the document; a document must not fail for it."""
+        with self.registry.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.leased_by == self.worker_id)
+                .values(state="queued", attempts=Job.attempts - 1, lease_until=None,
+                        leased_by=None, error=f"waiting for disk space: {exc}"[:2000],
+                        run_after=utcnow() + timedelta(seconds=self.settings.backoff_s))
+            )
 
     def _fail(self, job: Claimed, exc: Exception) -> None:
         final = job.attempts >= job.max_attempts

@@ -7,6 +7,7 @@ Random normalised vectors stand in for embeddings: no model is needed here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 import warnings
@@ -547,3 +548,39 @@ def test_a_server_collection_from_before_hybrid_search_is_upgraded_on_open(
         assert hits.top_score == pytest.approx(store.search("acme", q, 1)[0].score, abs=1e-5)
     finally:
         store.close()
+
+
+def test_edge_refuses_writes_on_a_nearly_full_disk_instead_of_dying(tmp_path: Path) -> None:
+    """Edge writes through memory maps: on a full filesystem the write is a SIGBUS that kills
+    the process. The store refuses the write (StoreFull) while free space is under its floor,
+    and writes again once space is back. A real small filesystem (tmpfs; root only)."""
+    import subprocess
+
+    from ingest.vector_store import StoreFull
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        settings = QdrantSettings(path=mnt / "q", min_free_mb=8, optimize_after_points=100_000)
+        store = EdgeChunkStore(mnt / "q", settings)
+        store.ensure_collection(DIM)
+        rng = np.random.default_rng(9)
+        store.upsert(make_chunks("acme", "a", 1, unit(rng, 4)))
+        ballast = mnt / "ballast"
+        with open(ballast, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 20))
+        with pytest.raises(StoreFull, match="MB free"):
+            store.upsert(make_chunks("acme", "b", 1, unit(rng, 4)))
+        with pytest.raises(StoreFull):
+            store.delete_document("acme", "a")
+        assert store.count("acme") == 4  # reads go on
+        ballast.unlink()
+        store.upsert(make_chunks("acme", "b", 1, unit(rng, 4)))
+        assert store.count("acme") == 8
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -262,3 +262,34 @@ def test_a_worker_that_lost_its_job_never_hides_what_another_made_current(backen
     assert docs.hidden_versions(tenant) == []
     assert store.count(tenant) == current["chunks"]
     store.close()
+
+
+def test_a_full_store_disk_delays_a_job_and_never_fails_it(backend, tmp_path):
+    """The store refusing writes for lack of space (StoreFull) is an outage: the job waits and
+    runs again, its attempts not counted, however long it lasts, and then indexes."""
+    from ingest.vector_store import StoreFull
+
+    kind, registry, _ = backend
+    store = open_store(tmp_path)
+    tenant = setup_tenant(registry)
+    docs = docs_service(registry, tmp_path)
+    job_id = upload_text(docs, tenant, "a.txt", long_text("harbour", 10))["job_id"]
+    worker = make_worker(registry, store, backoff_s=0.01, max_attempts=2)
+    real, refusals = store.upsert, []
+
+    def full(chunks):
+        if len(refusals) < 5:  # more refusals than the job has attempts
+            refusals.append(1)
+            raise StoreFull("the vector store's disk has 3 MB free")
+        real(chunks)
+
+    store.upsert = full
+    deadline = time.monotonic() + 60
+    while docs.get_job(tenant, job_id)["state"] != "succeeded":
+        assert time.monotonic() < deadline, docs.get_job(tenant, job_id)
+        if not worker.run_once():
+            time.sleep(0.02)
+    job = docs.get_job(tenant, job_id)
+    assert len(refusals) == 5 and job["attempts"] == 1
+    assert store.count(tenant) == job["chunks"] > 0
+    store.close()
