@@ -19,10 +19,10 @@ from pathlib import Path
 from core.errors import InvalidRequest, NotFound
 from core.registry.models import Document, DocumentVersion
 from ingest.documents import DocumentService
+from ingest.openai_stores import file_state, page
 from ingest.stored_files import original_of
 from ingest.uploads import Upload
 from ingest.vector_store import ChunkStore
-from ingest.versions import FAILED, PENDING_STATES
 
 # What a file may be uploaded for: the knowledge base's uses. The other purposes (batch,
 # fine-tune, vision, evals) name OpenAI features this service does not have.
@@ -34,10 +34,12 @@ def new_file_id() -> str:
     return FILE_PREFIX + uuid.uuid4().hex[:24]
 
 
+# A store file's status (its document's indexing, ingest/openai_stores.py) as a file's.
+FILE_STATUS = {"in_progress": "uploaded", "failed": "error", "completed": "processed"}
+
+
 def file_status(latest: DocumentVersion | None) -> str:
-    if latest is None or latest.state in PENDING_STATES:
-        return "uploaded"
-    return "error" if latest.state == FAILED else "processed"
+    return FILE_STATUS[file_state(latest)[0]]
 
 
 def file_view(doc: Document, versions: list[DocumentVersion]) -> dict:
@@ -87,12 +89,7 @@ class FileService:
         docs, has_more = self.versions.live_documents(
             tenant_id, limit, after, descending, purposes
         )
-        data = [file_view(doc, versions) for doc, versions in docs]
-        return {
-            "object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
+        return page([file_view(doc, versions) for doc, versions in docs], has_more)
 
     def get(self, tenant_id: str, file_id: str) -> dict:
         doc, versions = self._live(tenant_id, file_id)

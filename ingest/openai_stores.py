@@ -165,7 +165,7 @@ class VectorStores:
             order = VectorStore.id.desc() if descending else VectorStore.id
             rows = s.scalars(q.order_by(order).limit(limit + 1)).all()
             data = [self._store_view(s, vs) for vs in rows[:limit]]
-        return _page(data, len(rows) > limit)
+        return page(data, len(rows) > limit)
 
     def get(self, tenant_id: str, vs_id: str) -> dict:
         with self.registry.session() as s:
@@ -226,7 +226,7 @@ class VectorStores:
             views = [v for v in views if (v["id"] < after if descending else v["id"] > after)]
         if status:
             views = [v for v in views if v["status"] == status]
-        return _page(views[:limit], len(views) > limit)
+        return page(views[:limit], len(views) > limit)
 
     def file(self, tenant_id: str, vs_id: str, file_id: str) -> dict:
         with self.registry.session() as s:
@@ -401,7 +401,7 @@ def _expired(vs: VectorStore) -> bool:
     return time.time() > deadline.timestamp()
 
 
-def _page(data: list[dict], has_more: bool) -> dict:
+def page(data: list[dict], has_more: bool) -> dict:
     return {"object": "list", "data": data, "has_more": has_more,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}

@@ -175,7 +175,7 @@ class ChatService:
         await self.admit(tenant)
         named = pinned or await self._named_adapter(tenant.id, req.model)
         routed = await self.router.route(
-            tenant.id, policy, _last_user_text(req.messages), req.route, named, documents
+            tenant.id, policy, last_user_text(req.messages), req.route, named, documents
         )
         body: dict[str, Any] = {
             "model": routed.adapter.engine_name if routed.adapter else self.base_model,
@@ -218,7 +218,7 @@ class ChatService:
             # The new version was trained with other context (another top_k, floor or budget,
             # or none): route again as a request naming it would be, so it gets its own.
             p.routed = await self.router.route(
-                p.tenant_id, p.policy, _last_user_text(p.request.messages), p.request.route,
+                p.tenant_id, p.policy, last_user_text(p.request.messages), p.request.route,
                 current,
             )
             p.body["messages"] = _engine_messages(p.request, p.policy, p.routed)
@@ -359,7 +359,7 @@ def _unix(iso: str) -> int:
     return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
 
 
-def _last_user_text(messages: list[Message]) -> str:
+def last_user_text(messages: list[Message]) -> str:
     for m in reversed(messages):
         if m.role == "user":
             return m.text()

@@ -25,7 +25,7 @@ import orjson
 
 from core.errors import APIError, InvalidRequest, UpstreamError
 from ingest.openai_stores import Scope, VectorStores
-from service.chat import ChatService, Prepared
+from service.chat import ChatService, Prepared, last_user_text
 from service.protocol.chat import ChatRequest
 from service.protocol.responses import ResponsesRequest
 from service.tenants import TenantView
@@ -83,8 +83,7 @@ class Turn:
     @property
     def query(self) -> str:
         """What was searched: the last user message (as the path router reads it)."""
-        users = [m for m in self.prepared.request.messages if m.role == "user"]
-        return users[-1].text() if users else ""
+        return last_user_text(self.prepared.request.messages)
 
     def annotations(self, text: str) -> list[dict]:
         seen: dict[str, dict] = {}
