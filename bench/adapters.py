@@ -10,7 +10,10 @@ it learned), and then:
 2. rotation: for each N in `--adapters` (default 1,4,16,64), the same workload (`--requests`
    requests at `--concurrency`, `--max-tokens` each) sent once with `model=auto` to a tenant in
    mode prompt (the base model) and once rotating over N registered adapters, in alternating
-   rounds; completion tokens/s of each, the ratio adapter/base, and every failed request.
+   rounds; completion tokens/s of each, the ratio adapter/base, every failed request, and how
+   many adapter loads the engine did during the measured rounds. Each rotation is warmed first
+   (one request per adapter), as the base model is, so N within `--max-resident` measures
+   batching, and N above it measures load-on-demand churn as well.
    N above the server's `RAGTUNE_ADAPTERS__MAX_RESIDENT` (set with `--max-resident`) makes ragtune
    load and evict adapters on demand while the rotation runs.
 
@@ -155,14 +158,18 @@ async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
         await workload(session, url, base_key, ["auto"], args.concurrency, args.concurrency,
                        args.max_tokens)  # warm-up
         print(f"   {'adapters':>8} {'base tok/s':>11} {'adapter tok/s':>14} {'ratio':>6} "
-              f"{'failed':>7}")
+              f"{'failed':>7} {'loads':>6}")
         for n in args.adapters:
             models = names[:n]
+            # Steady state: every adapter of the rotation touched once first (loaded at the
+            # engine, as far as --max-resident lets them stay), like the base model's warm-up.
+            await workload(session, url, key, models, n, args.concurrency, 1)
+            loads_before = await _loads(session, url)
             base_tok = base_s = ad_tok = ad_s = 0.0
             failures: list[str] = []
             half = args.requests // 2
-            for order in (("base", "adapter"), ("adapter", "base")):  # drift falls on both
-                for which in order:
+            for order in (("base", "adapter"), ("adapter", "base")) * args.rounds:
+                for which in order:  # A B B A ...: drift falls on both
                     if which == "base":
                         t, s, e = await workload(session, url, base_key, ["auto"], half,
                                                  args.concurrency, args.max_tokens)
@@ -173,7 +180,9 @@ async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
                         ad_tok, ad_s = ad_tok + t, ad_s + s
                     failures += e
             b, a = base_tok / base_s, ad_tok / ad_s
-            print(f"   {n:>8} {b:>11.1f} {a:>14.1f} {a / b:>6.2f} {len(failures):>7}")
+            loads = await _loads(session, url) - loads_before
+            print(f"   {n:>8} {b:>11.1f} {a:>14.1f} {a / b:>6.2f} {len(failures):>7} "
+                  f"{loads:>6.0f}")
             for f in failures[:5]:
                 print(f"      failed: {f}")
             ok &= not failures
@@ -182,6 +191,13 @@ async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
                                                                   "ragtune_adapter_unloads_total"))]
         print("   " + "; ".join(loads))
     return ok
+
+
+async def _loads(session, url) -> float:
+    """ragtune_adapter_loads_total: adapters loaded at the engine so far (on demand included)."""
+    _, text = await _get(session, f"{url}/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ragtune_adapter_loads_total"))
 
 
 async def _get(session, url):
@@ -195,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--registrations", type=int, default=5)
-    p.add_argument("--requests", type=int, default=64, help="per arm and adapter count")
+    p.add_argument("--requests", type=int, default=64, help="per arm, adapter count and round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternations (base, adapter, adapter, base) per adapter count")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--max-resident", type=int, default=32,
                    help="RAGTUNE_ADAPTERS__MAX_RESIDENT of the server")
+    p.add_argument("--max-loras", type=int, default=None,
+                   help="RAGTUNE_ENGINE__MAX_LORAS of the server (adapters in one engine step); "
+                   "default: ragtune's")
     p.add_argument("--model-dir", type=Path, default=Path(".data/models/base"))
     p.add_argument("--request-timeout", type=float, default=300.0)
     p.add_argument("--check", action="store_true", help="exit 2 when a goal is missed")
@@ -208,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ragtune-bench-adapters-"))
     failed = True
     try:
+        from core.base_model import ensure_base_model
+
+        ensure_base_model(args.model_dir)  # the adapters are made for it before serve starts
         print(f"making {min(max(args.adapters), 8)} distinct rank-{args.rank} adapters ...")
         folders = make_adapters(min(max(args.adapters), 8), args.rank, args.model_dir, tmp)
         env = {"RAGTUNE_ADAPTERS__MAX_RESIDENT": str(args.max_resident)}
+        if args.max_loras is not None:
+            env["RAGTUNE_ENGINE__MAX_LORAS"] = str(args.max_loras)
         with served_ragtune(tmp, args.model_dir, env) as proc:
             ok = asyncio.run(measure(args, proc.url, proc.admin_key, folders))
         failed = False

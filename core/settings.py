@@ -96,6 +96,13 @@ class EngineSettings(BaseModel):
     port: int = 8100
     kind: Literal["cpu", "gpu"] = "cpu"
     max_loras: int = 4
+    max_cpu_loras: int | None = Field(
+        None, ge=1,
+        description="vLLM's --max-cpu-loras: adapters its workers keep in host memory. Unset: "
+        "adapters.max_resident, so every adapter ragtune registers at a replica stays loaded "
+        "(vLLM's own default, --max-loras, reloads an adapter from disk inside the engine step "
+        "whenever more adapters rotate than there are slots; bench/adapters.py).",
+    )
     max_lora_rank: int = 64
     max_model_len: int = 2048
     kv_cache_gib: int = Field(1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")

@@ -64,6 +64,8 @@ def engine_command(settings: Settings) -> list[str]:
         str(eng.max_lora_rank),
         "--max-loras",
         str(eng.max_loras),
+        "--max-cpu-loras",
+        str(max(eng.max_loras, eng.max_cpu_loras or settings.adapters.max_resident)),
         "--max-model-len",
         str(eng.max_model_len),
         "--disable-uvicorn-access-log",

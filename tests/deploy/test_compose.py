@@ -117,6 +117,7 @@ def test_compose_vllm_is_the_official_image_on_an_internal_network():
     assert "--enable-lora" in vllm["command"]
     assert "--max-lora-rank=${MAX_LORA_RANK:-64}" in vllm["command"]
     assert any(a.startswith("--max-loras=") for a in vllm["command"])
+    assert "--max-cpu-loras=${MAX_CPU_LORAS:-32}" in vllm["command"]  # = adapters.max_resident
     env = compose_env(vllm)
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["VLLM_API_KEY"].startswith("${VLLM_API_KEY:?")

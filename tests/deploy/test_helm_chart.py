@@ -164,6 +164,7 @@ def test_vllm_runs_with_runtime_lora_and_probes(scenario):
     assert "--enable-lora" in args
     assert "--max-lora-rank=64" in args
     assert any(a.startswith("--max-loras=") for a in args)
+    assert "--max-cpu-loras=32" in args
     assert "--host=0.0.0.0" in args
     env = {e["name"]: e for e in engine["env"]}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"

@@ -95,3 +95,20 @@ def test_the_default_search_looks_in_this_machines_library_folder():
     if multiarch:
         assert f"/usr/lib/{multiarch}" in supervisor.TCMALLOC_DIRS
     assert "/usr/lib64" in supervisor.TCMALLOC_DIRS
+
+
+def test_the_engine_keeps_every_registered_adapter_in_host_memory(tmp_path):
+    """--max-cpu-loras follows adapters.max_resident unless set (never below --max-loras):
+    vLLM's default, --max-loras, reads rotating adapters from disk again inside the step."""
+
+    def args(**engine):
+        from core.settings import AdapterSettings
+
+        settings = Settings(data_dir=tmp_path, engine=EngineSettings(**engine),
+                            adapters=AdapterSettings(max_resident=12))
+        cmd = supervisor.engine_command(settings)
+        return cmd[cmd.index("--max-cpu-loras") + 1], cmd[cmd.index("--max-loras") + 1]
+
+    assert args() == ("12", "4")
+    assert args(max_cpu_loras=40) == ("40", "4")
+    assert args(max_loras=16) == ("16", "16")

@@ -1,1 +1,2 @@
-"""ragtune's vLLM plugin package: `lora_fix` (entry point) and `launch` (engine launcher)."""
+"""ragtune's vLLM plugin package: `lora_fix` (entry point, which also installs `lora_grouped`)
+and `launch` (engine launcher)."""

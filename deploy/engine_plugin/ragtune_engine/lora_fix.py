@@ -196,6 +196,14 @@ def register() -> None:
     if not getattr(cpu_wrapper.add_lora_logits, "ragtune_patched", False):
         cpu_wrapper.add_lora_logits = _prompt_rows_safe(cpu_wrapper.add_lora_logits)
         patched.append("add_lora_logits (prompt logprobs)")
+    from . import lora_grouped
+
+    why_not = lora_grouped.install(wrapper_module, cpu_wrapper)
+    if why_not is None:
+        patched.append("add_lora_linear (segmented by adapter slot)")
+    else:
+        logger.warning("ragtune: segmented LoRA not installed: %s; vLLM's add_lora_linear "
+                       "serves (slower with several adapters in a batch)", why_not)
     if patched:
         # (In the API server process this runs before vLLM configures logging and is not
         # shown; it is the engine core and worker processes that run the model.)
