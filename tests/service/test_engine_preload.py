@@ -109,6 +109,6 @@ def test_the_engine_keeps_every_registered_adapter_in_host_memory(tmp_path):
         cmd = supervisor.engine_command(settings)
         return cmd[cmd.index("--max-cpu-loras") + 1], cmd[cmd.index("--max-loras") + 1]
 
-    assert args() == ("12", "4")
-    assert args(max_cpu_loras=40) == ("40", "4")
+    assert args() == ("12", "8")
+    assert args(max_cpu_loras=40) == ("40", "8")
     assert args(max_loras=16) == ("16", "16")

@@ -200,7 +200,7 @@ def register() -> None:
 
     why_not = lora_grouped.install(wrapper_module, cpu_wrapper)
     if why_not is None:
-        patched.append("add_lora_linear (segmented by adapter slot)")
+        patched.append("add_lora_linear, segmented by adapter slot")
     else:
         logger.warning("ragtune: segmented LoRA not installed: %s; vLLM's add_lora_linear "
                        "serves (slower with several adapters in a batch)", why_not)
@@ -208,7 +208,7 @@ def register() -> None:
         # (In the API server process this runs before vLLM configures logging and is not
         # shown; it is the engine core and worker processes that run the model.)
         logger.info(
-            "ragtune: LoRA batch isolation fix active in pid %d (masked index -1 in %s)",
+            "ragtune: LoRA plugin active in pid %d (index -1 masked or never read in %s)",
             os.getpid(),
             ", ".join(patched),
         )
