@@ -97,9 +97,9 @@ async def first_token(session, url, key, model: str) -> float:
 
 
 async def workload(session, url, key, models: list[str], n: int, concurrency: int,
-                   max_tokens: int) -> tuple[int, float, list[str]]:
-    """(completion tokens, seconds, errors) of n requests, models in rotation."""
-    queue = list(range(n))
+                   max_tokens: int, start: int = 0) -> tuple[int, float, list[str]]:
+    """(completion tokens, seconds, errors) of n requests, models in rotation from `start`."""
+    queue = list(range(start + n - 1, start - 1, -1))  # popped from the end: start first
     tokens, errors = 0, []
 
     async def one(i: int) -> None:
@@ -168,6 +168,7 @@ async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
             base_tok = base_s = ad_tok = ad_s = 0.0
             failures: list[str] = []
             half = args.requests // 2
+            turn = 0  # the rotation goes on across rounds: every adapter of it is used
             for order in (("base", "adapter"), ("adapter", "base")) * args.rounds:
                 for which in order:  # A B B A ...: drift falls on both
                     if which == "base":
@@ -176,7 +177,8 @@ async def measure(args, url: str, admin_key: str, folders: list[Path]) -> bool:
                         base_tok, base_s = base_tok + t, base_s + s
                     else:
                         t, s, e = await workload(session, url, key, models, half,
-                                                 args.concurrency, args.max_tokens)
+                                                 args.concurrency, args.max_tokens, turn)
+                        turn += half
                         ad_tok, ad_s = ad_tok + t, ad_s + s
                     failures += e
             b, a = base_tok / base_s, ad_tok / ad_s

@@ -190,6 +190,19 @@ AGAINST_VLLM = textwrap.dedent("""
         ok, why = lg.agrees(probe, broken)
         print(broken.__name__, ok, why)
         assert not ok and expect in why, why
+
+    # the plugin's entry point installs it all, once, however often vLLM runs it
+    from ragtune_engine import lora_fix
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
+    from vllm.lora.model_manager import LoRAModelManager
+    for _ in range(2):
+        lora_fix.register()
+    assert PunicaWrapperCPU.add_lora_linear.ragtune_segmented
+    assert not hasattr(PunicaWrapperCPU.add_lora_linear.__wrapped__, "__wrapped__")
+    for patched in (PunicaWrapperCPU.update_metadata, PunicaWrapperCPU.add_lora_embedding,
+                    BaseLinearLayerWithLoRA.reset_lora, LoRAModelManager.activate_adapter):
+        assert hasattr(patched, "__wrapped__") and not hasattr(patched.__wrapped__,
+                                                               "__wrapped__"), patched
     print("OK")
 """)
 
@@ -237,14 +250,14 @@ def test_a_slot_refreshes_alone_and_a_larger_rank_rebuilds_the_copy(monkeypatch)
     check(wider)
 
 
-def test_the_logits_lora_is_skipped_only_while_every_slot_is_zero():
+def test_the_vocabulary_lora_is_skipped_only_while_every_slot_is_zero():
     calls = []
 
     class W:
         def add_lora_logits(self, y, x, a, b, scale):
             calls.append(1)
 
-    W.add_lora_logits = lg._skipping_unused_logits(W.add_lora_logits)
+    W.add_lora_logits = lg._skipping_zeros(W.add_lora_logits, 3, "_cache")
     w = W()
     a, b = torch.zeros(3, 1, 4, 8), torch.zeros(3, 1, 32, 4)
     w.add_lora_logits(None, None, a, b, 1.0)

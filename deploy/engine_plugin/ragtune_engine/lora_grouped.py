@@ -32,9 +32,10 @@ CPU, with torch's own matrix products:
     in place (`addmm_`).
 - Rows tagged -1 (no adapter) are never read or written, as the GPU kernels do (the isolation
   fix of lora_fix.py holds here by construction).
-- The logits' LoRA (`add_lora_logits`, a product over the whole vocabulary per slot, every step)
-  is skipped while no slot's lm_head weights are nonzero, which is always under ragtune's
-  validation (it refuses lm_head targets); it runs as vLLM's otherwise.
+- The vocabulary's LoRA (`add_lora_logits`, a product over the whole vocabulary per slot, every
+  step; and `add_lora_embedding`) is skipped while no slot's lm_head or embedding weights are
+  nonzero, which is always so under ragtune's validation (it refuses lm_head and embed_tokens
+  targets); it runs as vLLM's otherwise.
 
 It is installed only if, at start, it agrees with vLLM's own wrapper on a fixed mixed batch
 (`agrees()`: prefill and decode, three slots of different ranks, rows without an adapter), so a
@@ -397,30 +398,33 @@ def _recording_ranks(activate_adapter):
     return activate
 
 
-def _skipping_unused_logits(add_lora_logits):
-    """add_lora_logits adds each slot's vocabulary LoRA to every step's logits: a (rows, vocab)
-    product per slot, nearly the cost of the lm_head itself with vLLM's stacks. ragtune refuses
-    adapters that target lm_head, so those weights are zeros: while no slot holds a nonzero one
-    (checked once per slot change) there is nothing to add, exactly."""
+def _skipping_zeros(op, weights_at: int, cache: str):
+    """`op` adds each slot's vocabulary LoRA (add_lora_logits: a (rows, vocab) product per slot
+    on every step, nearly the lm_head's own cost with vLLM's stacks; add_lora_embedding: the
+    new-token embeddings). ragtune refuses adapters that target lm_head or embed_tokens, so
+    those weights are zeros: while no slot holds a nonzero one (checked once per slot change)
+    there is nothing to add, exactly. `weights_at`: the B stack's position among the
+    arguments after self."""
 
-    @functools.wraps(add_lora_logits)
-    def add(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs):
-        slots = lora_b_stacked.shape[0]
+    @functools.wraps(op)
+    def skipping(self, *args, **kwargs):
+        weights = args[weights_at]
+        slots = weights.shape[0]
         now = _generations(slots)
-        seen = self.__dict__.get("_ragtune_logits")
-        if seen is None or seen[0] is not lora_b_stacked or seen[1] != now:
-            nonzero = list(seen[2]) if seen is not None and seen[0] is lora_b_stacked else (
-                [None] * slots)
+        seen = self.__dict__.get(cache)
+        if seen is None or seen[0] is not weights or seen[1] != now:
+            same = seen is not None and seen[0] is weights
+            nonzero = list(seen[2]) if same else [None] * slots
             for s in range(slots):
-                if seen is None or seen[0] is not lora_b_stacked or seen[1][s] != now[s]:
-                    nonzero[s] = bool(torch.any(lora_b_stacked[s]))
-            seen = self._ragtune_logits = (lora_b_stacked, now, nonzero)
+                if not same or seen[1][s] != now[s]:
+                    nonzero[s] = bool(torch.any(weights[s]))
+            seen = (weights, now, nonzero)
+            setattr(self, cache, seen)
         if not any(seen[2]):
             return None
-        return add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale,
-                               *args, **kwargs)
+        return op(self, *args, **kwargs)
 
-    return add
+    return skipping
 
 
 def agrees(wrapper_cls, segmented, *, dtype=torch.bfloat16) -> tuple[bool, str]:
@@ -475,6 +479,7 @@ def install(wrapper_module, cpu_wrapper) -> str | None:
         return None
     from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
     from vllm.lora.layers.logits_processor import LogitsProcessorWithLoRA
+    from vllm.lora.layers.vocab_parallel_embedding import VocabParallelEmbeddingWithLoRA
     from vllm.lora.model_manager import LoRAModelManager
 
     segmented = _segmented(cpu_wrapper.add_lora_linear)
@@ -488,8 +493,12 @@ def install(wrapper_module, cpu_wrapper) -> str | None:
         return f"it does not agree with vLLM's add_lora_linear here ({why})"
     cpu_wrapper.update_metadata = update
     cpu_wrapper.add_lora_linear = segmented
-    cpu_wrapper.add_lora_logits = _skipping_unused_logits(cpu_wrapper.add_lora_logits)
-    for layer_cls in (BaseLinearLayerWithLoRA, LogitsProcessorWithLoRA):
+    cpu_wrapper.add_lora_logits = _skipping_zeros(cpu_wrapper.add_lora_logits, 3,
+                                                  "_ragtune_logits")
+    cpu_wrapper.add_lora_embedding = _skipping_zeros(cpu_wrapper.add_lora_embedding, 2,
+                                                     "_ragtune_embedding")
+    for layer_cls in (BaseLinearLayerWithLoRA, LogitsProcessorWithLoRA,
+                      VocabParallelEmbeddingWithLoRA):
         layer_cls.reset_lora = _bumping(layer_cls.reset_lora)
     LoRAModelManager.activate_adapter = _recording_ranks(LoRAModelManager.activate_adapter)
     return None
