@@ -25,7 +25,8 @@ rows; lower is better, 0.10 means the adapters add 10%):
               trimmed to the rank;
 - `many`:     lora_grouped.py's form for many rows: per slot in use, products on views of vLLM's
               bf16 stacks trimmed to the rank, expand accumulated in place (addmm_);
-- `served`:   what lora_grouped.py serves (`few` up to SMALL_ROWS adapter rows, else `many`);
+- `served`:   what lora_grouped.py serves (`few` for a slot's rows up to SMALL_ROWS, `many`
+              above);
 - `loop32`, `loop16`: sorted groups + torch.mm, one product per slot for shrink and one for
               expand (B block-diagonal over the slices), on float32 or bfloat16 copies;
 - `wide`:     one product of the rows against every slot's A, masked to each row's own slot,
@@ -122,7 +123,7 @@ def masked_wide(step, layer, y, x):
     a = layer.a.permute(1, 0, 2).reshape(n_in, slots * width)
     b = layer.b.reshape(slots * width, -1)
     xs = x if step.order is None else x.index_select(0, step.order)
-    mask = torch.zeros(step.n_lora, slots * width)
+    mask = torch.zeros(sum(step.counts.values()), slots * width)
     start = 0
     for slot in range(slots):
         count = step.counts.get(slot, 0)
@@ -226,7 +227,15 @@ def main(argv=None) -> int:
         wrapper.update_metadata(LoRAMapping(tuple(ids), tuple(ids), is_prefill=prefill),
                                 list(range(1, slots + 1)), slots + 1, 32)
         indices = [i - 1 for i in ids]
-        step = lora_grouped.Step.of(indices)
+        steps = {}  # a step's groups are split into small and big when it is made
+        for form, small_rows in (("few", 10 ** 9), ("many", -1),
+                                 ("served", lora_grouped.SMALL_ROWS)):
+            saved, lora_grouped.SMALL_ROWS = lora_grouped.SMALL_ROWS, small_rows
+            try:
+                steps[form] = lora_grouped.Step.of(indices)
+            finally:
+                lora_grouped.SMALL_ROWS = saved
+        step = steps["few"]  # the alternatives take every row in slot order
         inputs = {n_in: torch.randn(n, n_in, generator=gen).to(torch.bfloat16)
                   for _, n_in, _ in MODULES}
         xs = [inputs[n_in] for _, n_in, _, _, _, _ in layers]
@@ -254,12 +263,7 @@ def main(argv=None) -> int:
                 elif form == "per-slot":
                     vllm_linear(wrapper, y, x, a, b, 1.0, out)
                 elif form in ("few", "many", "served"):
-                    saved = lora_grouped.SMALL_ROWS
-                    lora_grouped.SMALL_ROWS = {"few": 10 ** 9, "many": -1}.get(form, saved)
-                    try:
-                        lora_grouped.apply(step, layer, y, x, 1.0)
-                    finally:
-                        lora_grouped.SMALL_ROWS = saved
+                    lora_grouped.apply(steps[form], layer, y, x, 1.0)
                 elif form == "loop16":  # on bfloat16 copies made once, as if served
                     per_slot_loop(step, f16, y, x, torch.bfloat16)
                 elif form == "gmm16":
