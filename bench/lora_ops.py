@@ -221,7 +221,7 @@ def main(argv=None) -> int:
           f"of rank {args.max_rank}, {slots} slots; LoRA time / base matmul time per step "
           f"(median of {args.repeat})")
     print(f"{'batch':34}" + "".join(f"{f:>8}" for f in forms))
-    for shape, (ids, prefill) in shapes.items():
+    def one_shape(shape: str, ids: list[int], prefill: bool) -> None:
         n = len(ids)
         wrapper = punica_cpu.PunicaWrapperCPU(4096, 4096, "cpu")
         wrapper.update_metadata(LoRAMapping(tuple(ids), tuple(ids), is_prefill=prefill),
@@ -301,6 +301,9 @@ def main(argv=None) -> int:
             cells.append(timed(lambda form=form: run(form)) / base)
         print(f"{shape:34}" + "".join(f"{c:>8.2f}" if c == c else f"{'-':>8}" for c in cells)
               + f"   (base {base * 1e3:.1f} ms/step)")
+
+    for shape, (ids, prefill) in shapes.items():
+        one_shape(shape, ids, prefill)
     return 0
 
 

@@ -172,7 +172,7 @@ class Layer:
     @classmethod
     def of(cls, a_stacked, b_stacked, output_slices) -> Layer:
         slots, n_in = a_stacked[0].shape[0], a_stacked[0].shape[-1]
-        out, k = sum(output_slices), len(a_stacked)
+        k = len(a_stacked)
         seen = _generations(slots)
         layer = cls(seen, a_stacked, b_stacked, tuple(output_slices), [0] * slots, None, None)
         layer.ranks = [layer._rank(s) for s in range(slots)]
