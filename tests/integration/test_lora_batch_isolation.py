@@ -39,9 +39,12 @@ MAX_TOKENS = 6
 MIXED_ROUNDS = 2  # every (model, prompt) pair this many times in the concurrent burst
 TOP_LOGPROBS = 5
 # Batching changes floating-point reduction order: with bf16 on CPU we measured logprobs moving
-# by up to 0.3 nats (random adapters make flat distributions). A leaked adapter moves them by
-# several nats or changes the first token outright.
-TOLERANCE_NATS = 1.0
+# by up to 0.3 nats for the base model and 0.5 typically for random adapters (flat
+# distributions), through vLLM's LoRA products and the plugin's segmented ones alike (a probe
+# at 0.15 flagged 52/60 and 54/60 requests). With 9 adapters on 8 slots one token of one random
+# adapter (logprob -2.4, same text) moved by 1.2 through the segmented products, the same in
+# every run. A leaked adapter moves them by several nats or changes the text outright.
+TOLERANCE_NATS = 1.5
 
 
 @pytest.fixture(scope="module")
