@@ -48,9 +48,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy" / "engine_plugin"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "deploy" / "engine_plugin"), str(REPO)]
 
 from ragtune_engine import lora_fix, lora_grouped  # noqa: E402
+
+from tests.helpers.lora_reference import per_row  # noqa: E402
 
 HIDDEN, INTER, KV = 576, 1536, 192
 LAYERS = 30
@@ -69,20 +72,6 @@ def make_layer(slots: int, rank: int, max_rank: int, n_in: int, out: tuple, gen)
             bi[s, 0, :, :rank] = (torch.randn(bi.shape[2], rank, generator=gen) * 0.1).to(dtype)
     base = torch.randn(sum(out), n_in, generator=gen).to(dtype)
     return a, b, base
-
-
-def reference(y, x, a, b, out, indices):
-    """float64, row by row."""
-    y = y.double().clone()
-    for row, slot in enumerate(indices):
-        if slot < 0:
-            continue
-        offset = 0
-        for ai, bi, size in zip(a, b, out, strict=True):
-            h = ai[slot, 0].double() @ x[row].double()
-            y[row, offset:offset + size] += bi[slot, 0].double() @ h
-            offset += size
-    return y
 
 
 class Fused:
@@ -271,7 +260,7 @@ def main(argv=None) -> int:
                 else:
                     alternatives[form](step, f32, y, x)
                 if check and form != "vllm":
-                    ref = reference(torch.zeros_like(y), x, a, b, out, indices)
+                    ref = per_row(torch.zeros_like(y), x, a, b, out, indices)
                     err = (y.double() - ref).abs().max().item()
                     scale = ref.abs().max().item()
                     if err > 0.02 * scale + 1e-3:

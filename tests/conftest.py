@@ -14,12 +14,11 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from tests.helpers.adapter_files import base_model_dir as prepared_base_model_dir
-from tests.helpers.app import ADMIN, ADMIN_KEY, ROOT, make_settings, new_tenant
+from tests.helpers.app import ADMIN, ADMIN_KEY, make_settings, new_tenant
 from tests.helpers.fake_engine import FakeEngine
-from tests.helpers.server import RagtuneServer, serving
+from tests.helpers.server import ENGINE_PYTHON, RagtuneServer, serving
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ENGINE_PYTHON = Path(os.environ.get("RAGTUNE_ENGINE__PYTHON", ROOT / ".venv-engine/bin/python"))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ PLUGIN = Path(__file__).resolve().parents[2] / "deploy" / "engine_plugin"
 sys.path.insert(0, str(PLUGIN))
 from ragtune_engine import lora_grouped as lg  # noqa: E402
 
-from tests.conftest import ENGINE_PYTHON  # noqa: E402
+from tests.helpers.lora_reference import per_row  # noqa: E402
+from tests.helpers.server import ENGINE_PYTHON  # noqa: E402
 
 N_IN, SLICES, MAX_RANK, SLOTS = 16, (16, 8, 8), 8, 4
 RANKS = {0: 4, 1: 8, 3: 2}  # slot 2 stays empty
@@ -34,17 +35,7 @@ def stacks(dtype=torch.float32, seed=0):
 
 
 def reference(y, x, a, b, indices, scale):
-    """float64, row by row: y_b += scale * B[i_b] A[i_b] x_b per slice; -1 rows untouched."""
-    y = y.double().clone()
-    for row, slot in enumerate(indices):
-        if slot < 0:
-            continue
-        offset = 0
-        for ai, bi, size in zip(a, b, SLICES, strict=True):
-            h = scale * (ai[slot, 0].double() @ x[row].double())
-            y[row, offset:offset + size] += bi[slot, 0].double() @ h
-            offset += size
-    return y
+    return per_row(y, x, a, b, SLICES, indices, scale)
 
 
 BATCHES = {

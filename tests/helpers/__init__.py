@@ -12,6 +12,7 @@ postgres        the test PostgreSQL: is it there, a database of one's own
 knowledge_base  a real registry, store and worker for ingestion tests
 adapter_files   the test base model, a valid peft adapter, each way to break it, archives
 random_lora     random strong LoRA adapters (integration tests and bench)
+lora_reference  the LoRA product row by row in float64, for the engine plugin's checks
 adapter_service the adapter-serving app against fake engines: client, archive, register, files
 hostile_service the service the hostile-input tests attack
 deploy_files    the deployment files' paths; dev tools, skipped where absent

@@ -22,6 +22,8 @@ import httpx
 from tests.helpers.ports import free_port, port_closes
 
 REPO = Path(__file__).resolve().parents[2]
+# The engine's environment, as `make install` makes it (or as RAGTUNE_ENGINE__PYTHON names it).
+ENGINE_PYTHON = Path(os.environ.get("RAGTUNE_ENGINE__PYTHON", REPO / ".venv-engine/bin/python"))
 PROGRESS_EVERY_S = 30
 
 
